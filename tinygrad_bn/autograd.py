@@ -1,0 +1,161 @@
+"""Reverse-mode differentiation: one walk over the graph in reverse topological
+order. Used by Tensor.backward (accumulates into leaves' .grad) and by grad()
+(returns the gradients of chosen inputs, like torch.autograd.grad)."""
+import numpy as np
+
+from .grad_mode import set_grad_enabled
+from .tensor import Tensor
+
+_FREED = ("Trying to backward through the graph a second time (or directly access saved "
+          "tensors after they have already been freed). Saved intermediate values of the graph "
+          "are freed when you call .backward() or tb.grad(). Specify retain_graph=True if you "
+          "need to backward through the graph a second time.")
+
+
+def _topological_order(roots):
+    """Non-leaf tensors reachable from roots, each after every tensor it depends on.
+
+    Iterative depth-first search (no recursion limit); parents are tuples, so the
+    order is deterministic.
+    """
+    order, seen = [], set()
+    stack = [(r, False) for r in roots if r._ctx is not None]
+    while stack:
+        t, expanded = stack.pop()
+        if expanded:
+            order.append(t)
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        inputs = t._ctx.inputs
+        if inputs is None:
+            raise RuntimeError(_FREED)
+        stack.append((t, True))
+        for p in inputs:
+            if p._ctx is not None and id(p) not in seen:
+                stack.append((p, False))
+    return order
+
+
+def _root_gradients(outputs, grad_outputs):
+    grads = []
+    for i, (out, g) in enumerate(zip(outputs, grad_outputs)):
+        if not isinstance(out, Tensor):
+            raise TypeError(f"outputs[{i}] must be a Tensor, got {type(out).__name__}")
+        if not out.requires_grad:
+            raise RuntimeError(f"element {i} of tensors does not require grad and does not have a grad_fn")
+        if g is None:
+            if out.data.size != 1:
+                raise RuntimeError(f"grad can be implicitly created only for scalar outputs, got shape "
+                                   f"{out.shape}; pass gradient= (a Tensor of that shape)")
+            g = Tensor._make(np.ones(out.shape, dtype=out.dtype), None, False)
+        else:
+            g = g if isinstance(g, Tensor) else Tensor(g, dtype=out.dtype)
+            if g.shape != out.shape:
+                raise ValueError(f"gradient shape mismatch: expected {out.shape} (the output's shape), got {g.shape}")
+            if g.dtype != out.dtype:
+                g = g.to(out.dtype)
+        grads.append(g)
+    return grads
+
+
+def _reduce_to(g, t):
+    """Sum a broadcast gradient back to t's shape and cast it to t's dtype."""
+    if g.shape != t.shape:
+        g = g.sum_to(t.shape)
+    if g.dtype != t.dtype:
+        g = g.to(t.dtype)
+    return g
+
+
+def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None):
+    """Propagate gradients from `outputs` to the leaves.
+
+    inputs=None: accumulate into .grad of every leaf that requires grad (and of
+    non-leaves that called retain_grad()). Otherwise return a list with the gradient
+    of each tensor in `inputs` (None where unreachable), touching no .grad.
+    """
+    roots_grad = _root_gradients(outputs, grad_outputs)
+    order = _topological_order(outputs)
+    wanted = None if inputs is None else {id(t): i for i, t in enumerate(inputs)}
+    found = [None] * (0 if inputs is None else len(inputs))
+
+    def deliver(t, g):
+        # A gradient reaching a tensor whose own grad is wanted (leaf or retain_grad).
+        if wanted is None:
+            t.grad = g if t.grad is None else t.grad + g
+        else:
+            i = wanted.get(id(t))
+            if i is not None:
+                found[i] = g if found[i] is None else found[i] + g
+
+    pending = {}
+    for out, g in zip(outputs, roots_grad):
+        if out._ctx is None:
+            deliver(out, g)
+        else:
+            pending[id(out)] = g if id(out) not in pending else pending[id(out)] + g
+
+    prev = set_grad_enabled(create_graph)
+    try:
+        for t in reversed(order):
+            g = pending.pop(id(t), None)
+            if g is None:
+                continue
+            if t._retains_grad or (wanted is not None and id(t) in wanted):
+                deliver(t, g)
+            fn = t._ctx
+            grads = fn.backward(g)
+            if not isinstance(grads, tuple):
+                grads = (grads,)
+            for p, pg, need in zip(fn.inputs, grads, fn.needs_input_grad):
+                if not need or pg is None:
+                    continue
+                pg = _reduce_to(pg, p)
+                if p._ctx is None:
+                    deliver(p, pg)
+                else:
+                    k = id(p)
+                    pending[k] = pg if k not in pending else pending[k] + pg
+            if not retain_graph:
+                # Free the node: its inputs (and any saved arrays) go with the reference.
+                fn.__dict__.clear()
+                fn.inputs = None
+    finally:
+        set_grad_enabled(prev)
+    return found
+
+
+def _as_tuple(x):
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
+    """Gradients of `outputs` with respect to `inputs`, like torch.autograd.grad.
+
+    outputs: Tensor or sequence of Tensors; inputs: Tensor or sequence of Tensors
+    that require grad; grad_outputs: matching sequence (None entries only for
+    single-element outputs). Returns a tuple of Tensors, one per input (None for an
+    input the outputs do not depend on when allow_unused=True). .grad is untouched.
+    retain_graph defaults to create_graph.
+    Raises RuntimeError if an input does not require grad, if an input is unused and
+    allow_unused is False, or when the graph was already freed.
+    """
+    outputs, inputs = _as_tuple(outputs), _as_tuple(inputs)
+    grad_outputs = (None,) * len(outputs) if grad_outputs is None else _as_tuple(grad_outputs)
+    if len(grad_outputs) != len(outputs):
+        raise ValueError(f"grad_outputs: expected {len(outputs)} entries (one per output), got {len(grad_outputs)}")
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"inputs[{i}] must be a Tensor, got {type(t).__name__}")
+        if not t.requires_grad:
+            raise RuntimeError(f"inputs[{i}] does not require grad (shape {t.shape}); call requires_grad_() on it")
+    if retain_graph is None:
+        retain_graph = create_graph
+    found = run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs)
+    for i, g in enumerate(found):
+        if g is None and not allow_unused:
+            raise RuntimeError(f"inputs[{i}] (shape {inputs[i].shape}) was not used to compute the outputs; "
+                               f"pass allow_unused=True if this is expected")
+    return tuple(found)

@@ -1,0 +1,55 @@
+"""Function: one differentiable op. `forward` works on numpy arrays (calling a
+kernel); `backward` works on Tensors, so the backward pass is itself recorded
+when create_graph=True and higher-order gradients come for free."""
+from .grad_mode import is_grad_enabled
+from .tensor import Tensor
+
+
+class Function:
+    """Base class of every op in functions.py.
+
+    Subclasses define:
+      forward(self, *arrays) -> array        arrays are the inputs' .data; keyword
+                                              arguments of apply() are attributes of self
+      backward(self, grad_out) -> Tensor | tuple of (Tensor | None)
+                                              one gradient per input, with the output's
+                                              shape or the input's (the engine sums a
+                                              broadcast gradient back to the input shape)
+    Inside backward, self.inputs are the input Tensors and self.output() the result.
+    """
+
+    # Set by apply when the graph is recorded; cleared when backward frees the graph.
+    inputs = None
+    needs_input_grad = ()
+
+    @classmethod
+    def apply(cls, *inputs, **attrs):
+        """Run forward on the inputs' arrays; record the node if any input requires grad."""
+        fn = cls.__new__(cls)
+        fn.__dict__.update(attrs)
+        out = fn.forward(*[t.data for t in inputs])
+        if is_grad_enabled():
+            needs = tuple([t.requires_grad for t in inputs])
+            if True in needs:
+                fn.inputs = inputs
+                fn.needs_input_grad = needs
+                fn.out_data = out
+                return Tensor._make(out, fn, True)
+        return Tensor._make(out, None, False)
+
+    def output(self):
+        """The forward result as a Tensor. Differentiable (it is this node's output)
+        when the backward pass is itself being recorded (create_graph=True), a
+        constant otherwise."""
+        if is_grad_enabled():
+            return Tensor._make(self.out_data, self, True)
+        return Tensor._make(self.out_data, None, False)
+
+    def forward(self, *arrays):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, grad_out):
+        raise NotImplementedError(f"{type(self).__name__} has no derivative")
+
+    def __repr__(self):
+        return f"<{type(self).__name__}>"

@@ -1,0 +1,404 @@
+"""The derivative table: every differentiable primitive, forward beside backward.
+
+forward(self, *arrays) computes with kernels on numpy arrays; backward(self, g)
+returns one gradient per input written with Tensor ops, so the backward pass is
+itself differentiable (create_graph=True). Gradients may keep the output's
+broadcast shape: the engine sums them back to each input's shape. Adding an op
+means adding one class here and one method in tensor.py.
+"""
+import numpy as np
+
+from . import kernels
+from .function import Function
+from .tensor import Tensor
+
+
+def _const(arr):
+    """A constant (non-differentiable) Tensor around an array."""
+    return Tensor._make(arr, None, False)
+
+
+def _zero(dtype):
+    return _const(np.zeros((), dtype=dtype))
+
+
+def _where(mask, a, b):
+    return Where.apply(a, b, cond=mask)
+
+
+# ============================================================== elementwise binary
+class Add(Function):
+    """z = x + y"""
+    numpy_op = np.add
+
+    def forward(self, x, y):
+        return kernels.binary("add", x, y)
+
+    def backward(self, g):
+        return g, g
+
+
+class Sub(Function):
+    """z = x - y"""
+    numpy_op = np.subtract
+
+    def forward(self, x, y):
+        return kernels.binary("sub", x, y)
+
+    def backward(self, g):
+        return g, (-g if self.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    """z = x * y"""
+    numpy_op = np.multiply
+
+    def forward(self, x, y):
+        return kernels.binary("mul", x, y)
+
+    def backward(self, g):
+        x, y = self.inputs
+        nx, ny = self.needs_input_grad
+        return (g * y if nx else None), (g * x if ny else None)
+
+
+class Div(Function):
+    """z = x / y;  dz/dx = 1/y,  dz/dy = -x/y^2 = -z/y"""
+    numpy_op = np.true_divide
+
+    def forward(self, x, y):
+        return kernels.binary("div", x, y)
+
+    def backward(self, g):
+        _, y = self.inputs
+        g_over_y = g / y
+        return g_over_y, (-g_over_y * self.output() if self.needs_input_grad[1] else None)
+
+
+class Pow(Function):
+    """z = x ** y;  dz/dx = y * x^(y-1),  dz/dy = z * log(x) (0 where x == 0, as torch)"""
+    numpy_op = np.power
+
+    def forward(self, x, y):
+        return kernels.binary("pow", x, y)
+
+    def backward(self, g):
+        x, y = self.inputs
+        nx, ny = self.needs_input_grad
+        gx = g * y * x ** (y - 1.0) if nx else None
+        gy = None
+        if ny:
+            x_is_zero = kernels.compare("eq", x.data, np.zeros((), x.dtype))
+            gy = _where(x_is_zero, _zero(g.dtype), g * self.output() * x.log())
+        return gx, gy
+
+
+class Maximum(Function):
+    """z = max(x, y); where x == y each side gets half the gradient"""
+    numpy_op = np.maximum
+
+    def forward(self, x, y):
+        return kernels.binary("maximum", x, y)
+
+    def backward(self, g):
+        x, y = self.inputs
+        share_x = kernels.compare("gt", x.data, y.data) + 0.5 * kernels.compare("eq", x.data, y.data)
+        share_x = share_x.astype(g.dtype)
+        return g * _const(share_x), g * _const((1.0 - share_x).astype(g.dtype))
+
+
+class Minimum(Function):
+    """z = min(x, y); where x == y each side gets half the gradient"""
+    numpy_op = np.minimum
+
+    def forward(self, x, y):
+        return kernels.binary("minimum", x, y)
+
+    def backward(self, g):
+        x, y = self.inputs
+        share_x = kernels.compare("lt", x.data, y.data) + 0.5 * kernels.compare("eq", x.data, y.data)
+        share_x = share_x.astype(g.dtype)
+        return g * _const(share_x), g * _const((1.0 - share_x).astype(g.dtype))
+
+
+class Where(Function):
+    """z = x where cond else y (cond: bool array attribute, not differentiable).
+    Its own adjoint: the gradient is routed back through the same cond."""
+
+    def forward(self, x, y):
+        return kernels.where(self.cond, x, y)
+
+    def backward(self, g):
+        zero = _zero(g.dtype)
+        nx, ny = self.needs_input_grad
+        return (_where(self.cond, g, zero) if nx else None), (_where(self.cond, zero, g) if ny else None)
+
+
+# ============================================================== elementwise unary
+class Neg(Function):
+    """z = -x"""
+
+    def forward(self, x):
+        return kernels.unary("neg", x)
+
+    def backward(self, g):
+        return -g
+
+
+class Exp(Function):
+    """z = e^x;  dz/dx = z"""
+
+    def forward(self, x):
+        return kernels.unary("exp", x)
+
+    def backward(self, g):
+        return g * self.output()
+
+
+class Log(Function):
+    """z = log x;  dz/dx = 1/x"""
+
+    def forward(self, x):
+        return kernels.unary("log", x)
+
+    def backward(self, g):
+        return g / self.inputs[0]
+
+
+class Sqrt(Function):
+    """z = sqrt x;  dz/dx = 1 / (2 z)"""
+
+    def forward(self, x):
+        return kernels.unary("sqrt", x)
+
+    def backward(self, g):
+        return g / (self.output() * 2.0)
+
+
+class Relu(Function):
+    """z = max(x, 0);  dz/dx = 1 where x > 0 else 0"""
+
+    def forward(self, x):
+        return kernels.unary("relu", x)
+
+    def backward(self, g):
+        x = self.inputs[0].data
+        return _where(kernels.compare("gt", x, np.zeros((), x.dtype)), g, _zero(g.dtype))
+
+
+class Sigmoid(Function):
+    """z = 1 / (1 + e^-x);  dz/dx = z (1 - z)"""
+
+    def forward(self, x):
+        return kernels.unary("sigmoid", x)
+
+    def backward(self, g):
+        z = self.output()
+        return g * z * (1.0 - z)
+
+
+class Tanh(Function):
+    """z = tanh x;  dz/dx = 1 - z^2"""
+
+    def forward(self, x):
+        return kernels.unary("tanh", x)
+
+    def backward(self, g):
+        z = self.output()
+        return g * (1.0 - z * z)
+
+
+class Abs(Function):
+    """z = |x|;  dz/dx = sign(x) (0 at 0, as torch)"""
+
+    def forward(self, x):
+        return kernels.unary("abs", x)
+
+    def backward(self, g):
+        return g * _const(np.sign(self.inputs[0].data))
+
+
+class PowScalar(Function):
+    """z = x^p for a constant p;  dz/dx = p x^(p-1)"""
+
+    def forward(self, x):
+        return kernels.pow_scalar(x, self.p)
+
+    def backward(self, g):
+        if self.p == 0.0:
+            return g * 0.0
+        if self.p == 1.0:
+            return g
+        return g * self.p * self.inputs[0] ** (self.p - 1.0)
+
+
+class Clip(Function):
+    """z = min(max(x, lo), hi);  dz/dx = 1 where lo <= x <= hi else 0"""
+
+    def forward(self, x):
+        return kernels.clip(x, self.lo, self.hi)
+
+    def backward(self, g):
+        x = self.inputs[0].data
+        inside = np.ones(x.shape, dtype=bool)
+        if self.lo is not None:
+            inside &= kernels.compare("ge", x, np.asarray(self.lo, dtype=x.dtype))
+        if self.hi is not None:
+            inside &= kernels.compare("le", x, np.asarray(self.hi, dtype=x.dtype))
+        return _where(inside, g, _zero(g.dtype))
+
+
+class Cast(Function):
+    """z = x converted to another float dtype; the gradient converts back"""
+
+    def forward(self, x):
+        self.in_dtype = x.dtype
+        return x.astype(self.dtype)
+
+    def backward(self, g):
+        return g.to(self.in_dtype)
+
+
+# ============================================================== reductions
+class Sum(Function):
+    """z = sum of x over axes.  Adjoint of Expand: the gradient is broadcast back."""
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return kernels.sum(x, self.axes, self.keepdims)
+
+    def backward(self, g):
+        kept = tuple(1 if i in self.axes else s for i, s in enumerate(self.in_shape))
+        return g.reshape(kept).expand(*self.in_shape)
+
+
+class Max(Function):
+    """z = max of x over axes; the gradient is split evenly among tied maxima"""
+
+    def forward(self, x):
+        return kernels.max(x, self.axes, self.keepdims)
+
+    def backward(self, g):
+        x = self.inputs[0].data
+        kept = tuple(1 if i in self.axes else s for i, s in enumerate(x.shape))
+        is_max = kernels.compare("eq", x, self.out_data.reshape(kept)).astype(x.dtype)
+        share = is_max / kernels.sum(is_max, self.axes, True)
+        return g.reshape(kept) * _const(share)
+
+
+# ============================================================== movement
+class Reshape(Function):
+    """z = x viewed with another shape"""
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return x.reshape(self.shape)
+
+    def backward(self, g):
+        return g.reshape(self.in_shape)
+
+
+class Permute(Function):
+    """z = x with axes reordered; the gradient is permuted back"""
+
+    def forward(self, x):
+        return kernels.contiguous(x.transpose(self.axes))
+
+    def backward(self, g):
+        return g.permute(*np.argsort(self.axes).tolist())
+
+
+class Expand(Function):
+    """z = x broadcast to shape.  Adjoint of Sum: the gradient is summed back."""
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return kernels.contiguous(np.broadcast_to(x, self.shape))
+
+    def backward(self, g):
+        return g.sum_to(self.in_shape)
+
+
+class GetItem(Function):
+    """z = x[index].  Adjoint of ScatterAdd: the gradient is scatter-added back."""
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return np.ascontiguousarray(x[self.index])
+
+    def backward(self, g):
+        return ScatterAdd.apply(g, index=self.index, shape=self.in_shape)
+
+
+class ScatterAdd(Function):
+    """z = zeros(shape) with g added at index (repeated indices accumulate).
+    Adjoint of GetItem: its gradient is the gradient read back at index."""
+
+    def forward(self, g):
+        # Flat position in `shape` of every element picked by index, in g's layout.
+        positions = np.arange(int(np.prod(self.shape)), dtype=np.int64).reshape(self.shape)[self.index]
+        return kernels.scatter_add(self.shape, np.ascontiguousarray(positions), g)
+
+    def backward(self, gz):
+        return GetItem.apply(gz, index=self.index)
+
+
+class Cat(Function):
+    """z = concatenation of inputs along axis; each gradient is its slice of g"""
+
+    def forward(self, *xs):
+        self.sizes = [x.shape[self.axis] for x in xs]
+        return np.concatenate(xs, axis=self.axis)
+
+    def backward(self, g):
+        grads, start = [], 0
+        lead = (slice(None),) * self.axis
+        for size, need in zip(self.sizes, self.needs_input_grad):
+            grads.append(g[lead + (slice(start, start + size),)] if need else None)
+            start += size
+        return tuple(grads)
+
+
+# ============================================================== linear algebra
+class MatMul(Function):
+    """z = op(a) @ op(b), op = transpose of the last two axes where ta / tb is set.
+    dz/d op(a) = g @ op(b)^T,  dz/d op(b) = op(a)^T @ g; the flags absorb every
+    transpose, so no transposed copy is made. GEMM is numpy's BLAS."""
+    ta = False
+    tb = False
+
+    def forward(self, a, b):
+        return np.matmul(a.swapaxes(-1, -2) if self.ta else a, b.swapaxes(-1, -2) if self.tb else b)
+
+    def backward(self, g):
+        a, b = self.inputs
+        ta, tb = self.ta, self.tb
+        na, nb = self.needs_input_grad
+        ga = gb = None
+        if na:
+            ga = MatMul.apply(b, g, ta=tb, tb=True) if ta else MatMul.apply(g, b, tb=not tb)
+        if nb:
+            gb = MatMul.apply(g, a, ta=True, tb=ta) if tb else MatMul.apply(a, g, ta=not ta)
+        return ga, gb
+
+
+# ============================================================== softmax
+class Softmax(Function):
+    """z = exp(x) / sum(exp(x)) along axis;  dx = z * (g - sum(g * z))"""
+
+    def forward(self, x):
+        return kernels.softmax(x, self.axis)
+
+    def backward(self, g):
+        z = self.output()
+        return z * (g - (g * z).sum(self.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    """z = x - log(sum(exp(x))) along axis;  dx = g - exp(z) * sum(g)"""
+
+    def forward(self, x):
+        return kernels.log_softmax(x, self.axis)
+
+    def backward(self, g):
+        return g - self.output().exp() * g.sum(self.axis, keepdims=True)

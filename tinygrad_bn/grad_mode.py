@@ -1,0 +1,48 @@
+"""Whether operations record a graph. Thread-local: one thread's no_grad does not
+affect another's."""
+import functools
+import threading
+
+_state = threading.local()
+
+
+def is_grad_enabled():
+    """True unless the calling thread is inside no_grad (or backward without create_graph)."""
+    return getattr(_state, "enabled", True)
+
+
+def set_grad_enabled(mode):
+    """Turn graph recording on or off for the calling thread; returns the previous mode."""
+    prev = getattr(_state, "enabled", True)
+    _state.enabled = bool(mode)
+    return prev
+
+
+class _GradMode:
+    mode = True
+
+    def __enter__(self):
+        self._prev = set_grad_enabled(self.mode)
+        return self
+
+    def __exit__(self, *exc):
+        set_grad_enabled(self._prev)
+        return False
+
+    def __call__(self, func):
+        """Use as a decorator: run `func` entirely in this mode."""
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            with type(self)():
+                return func(*args, **kwargs)
+        return wrapper
+
+
+class no_grad(_GradMode):
+    """Context manager and decorator: ops inside record no graph (outputs do not require grad)."""
+    mode = False
+
+
+class enable_grad(_GradMode):
+    """Context manager and decorator: re-enable graph recording inside a no_grad block."""
+    mode = True
