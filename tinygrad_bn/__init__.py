@@ -9,5 +9,6 @@ from .tensor import (
     rand, randn, stack, where, zeros, zeros_like,
 )
 from .threads import get_num_threads, set_num_threads
+from . import nn  # noqa: E402  (nn builds on Tensor)
 
 __version__ = "0.1.0"

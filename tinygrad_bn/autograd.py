@@ -49,7 +49,9 @@ def _root_gradients(outputs, grad_outputs):
             if out.data.size != 1:
                 raise RuntimeError(f"grad can be implicitly created only for scalar outputs, got shape "
                                    f"{out.shape}; pass gradient= (a Tensor of that shape)")
-            g = Tensor._make(np.ones(out.shape, dtype=out.dtype), None, False)
+            ones = np.empty(out.shape, dtype=out.dtype)
+            ones.fill(1)
+            g = Tensor._make(ones, None, False)
         else:
             g = g if isinstance(g, Tensor) else Tensor(g, dtype=out.dtype)
             if g.shape != out.shape:
@@ -62,10 +64,10 @@ def _root_gradients(outputs, grad_outputs):
 
 def _reduce_to(g, t):
     """Sum a broadcast gradient back to t's shape and cast it to t's dtype."""
-    if g.shape != t.shape:
-        g = g.sum_to(t.shape)
-    if g.dtype != t.dtype:
-        g = g.to(t.dtype)
+    if g.data.shape != t.data.shape:
+        g = g.sum_to(t.data.shape)
+    if g.data.dtype is not t.data.dtype:
+        g = g.to(t.data.dtype)
     return g
 
 

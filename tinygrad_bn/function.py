@@ -26,7 +26,8 @@ class Function:
     def apply(cls, *inputs, **attrs):
         """Run forward on the inputs' arrays; record the node if any input requires grad."""
         fn = cls.__new__(cls)
-        fn.__dict__.update(attrs)
+        if attrs:
+            fn.__dict__.update(attrs)
         out = fn.forward(*[t.data for t in inputs])
         if is_grad_enabled():
             needs = tuple([t.requires_grad for t in inputs])

@@ -6,6 +6,8 @@ itself differentiable (create_graph=True). Gradients may keep the output's
 broadcast shape: the engine sums them back to each input's shape. Adding an op
 means adding one class here and one method in tensor.py.
 """
+import math
+
 import numpy as np
 
 from . import kernels
@@ -313,7 +315,9 @@ class Expand(Function):
 
     def forward(self, x):
         self.in_shape = x.shape
-        return kernels.contiguous(np.broadcast_to(x, self.shape))
+        out = np.empty(self.shape, dtype=x.dtype)
+        np.copyto(out, x)  # broadcasting copy, cheaper than broadcast_to + copy
+        return out
 
     def backward(self, g):
         return g.sum_to(self.in_shape)
@@ -336,7 +340,7 @@ class ScatterAdd(Function):
 
     def forward(self, g):
         # Flat position in `shape` of every element picked by index, in g's layout.
-        positions = np.arange(int(np.prod(self.shape)), dtype=np.int64).reshape(self.shape)[self.index]
+        positions = np.arange(math.prod(self.shape), dtype=np.int64).reshape(self.shape)[self.index]
         return kernels.scatter_add(self.shape, np.ascontiguousarray(positions), g)
 
     def backward(self, gz):

@@ -4,6 +4,7 @@ Every differentiable method is a thin wrapper over a Function in functions.py
 (the derivative table); composite methods (mean, var, softmax of a slice, ...)
 are written with those primitives so their gradients come from the engine.
 """
+import math
 import numbers
 
 import numpy as np
@@ -248,6 +249,8 @@ class Tensor:
         return (b, a) if reverse else (a, b)
 
     def _binary(self, fn, other, reverse=False):
+        if type(other) is Tensor and other.data.dtype is self.data.dtype and self.data.dtype.kind == "f":
+            return fn.apply(other, self) if reverse else fn.apply(self, other)  # the common case, kept short
         a, b = self._operands(other, reverse)
         if a.dtype not in _FLOATS:
             # Integer/bool arithmetic (labels, counts): numpy, not differentiable.
@@ -643,12 +646,14 @@ def _shape_arg(shape):
 
 
 def _resolve_shape(old, new):
-    size = int(np.prod(old, dtype=np.int64))
+    size = math.prod(old)
+    if -1 not in new and math.prod(new) == size and min(new, default=0) >= 0:
+        return new
     if sum(1 for s in new if s == -1) > 1:
         raise ValueError(f"reshape: only one dimension can be -1, got {new}")
     if any(s < -1 for s in new):
         raise ValueError(f"reshape: invalid shape {new}")
-    known = int(np.prod([s for s in new if s != -1], dtype=np.int64))
+    known = math.prod(s for s in new if s != -1)
     if -1 in new:
         if known == 0 or size % known:
             raise ValueError(f"reshape: cannot reshape tensor of shape {old} ({size} elements) into {new}")

@@ -1,0 +1,5 @@
+"""Layers, losses and initialisers in PyTorch's idiom."""
+from . import functional, init
+from .batchnorm import BatchNorm1d, BatchNorm2d
+from .layers import Dropout, Flatten, Identity, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Tanh
+from .module import Module, Parameter
