@@ -13,29 +13,38 @@ _FREED = ("Trying to backward through the graph a second time (or directly acces
 
 
 def _topological_order(roots):
-    """Non-leaf tensors reachable from roots, each after every tensor it depends on.
+    """Function nodes reachable from roots, each after every node it depends on.
 
-    Iterative depth-first search (no recursion limit); parents are tuples, so the
-    order is deterministic.
+    Nodes, not tensors, are the vertices: a node's output may be wrapped by more than
+    one Tensor (Function.output() re-wraps it during create_graph). Iterative
+    depth-first search (no recursion limit); inputs are tuples, so the order is
+    deterministic. Also returns, per node, the non-leaf tensors it produced that were
+    seen on the way (for retain_grad and tb.grad of non-leaves).
     """
-    order, seen = [], set()
-    stack = [(r, False) for r in roots if r._ctx is not None]
+    order, seen, produced = [], set(), {}
+    stack = [(r._ctx, False) for r in roots if r._ctx is not None]
+    for r in roots:
+        if r._ctx is not None:
+            produced.setdefault(id(r._ctx), []).append(r)
     while stack:
-        t, expanded = stack.pop()
+        fn, expanded = stack.pop()
         if expanded:
-            order.append(t)
+            order.append(fn)
             continue
-        if id(t) in seen:
+        if id(fn) in seen:
             continue
-        seen.add(id(t))
-        inputs = t._ctx.inputs
+        seen.add(id(fn))
+        inputs = fn.inputs
         if inputs is None:
             raise RuntimeError(_FREED)
-        stack.append((t, True))
+        stack.append((fn, True))
         for p in inputs:
-            if p._ctx is not None and id(p) not in seen:
-                stack.append((p, False))
-    return order
+            ctx = p._ctx
+            if ctx is not None:
+                produced.setdefault(id(ctx), []).append(p)
+                if id(ctx) not in seen:
+                    stack.append((ctx, False))
+    return order, produced
 
 
 def _root_gradients(outputs, grad_outputs):
@@ -79,7 +88,7 @@ def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None)
     of each tensor in `inputs` (None where unreachable), touching no .grad.
     """
     roots_grad = _root_gradients(outputs, grad_outputs)
-    order = _topological_order(outputs)
+    order, produced = _topological_order(outputs)
     wanted = None if inputs is None else {id(t): i for i, t in enumerate(inputs)}
     found = [None] * (0 if inputs is None else len(inputs))
 
@@ -97,17 +106,20 @@ def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None)
         if out._ctx is None:
             deliver(out, g)
         else:
-            pending[id(out)] = g if id(out) not in pending else pending[id(out)] + g
+            k = id(out._ctx)
+            pending[k] = g if k not in pending else pending[k] + g
 
     prev = set_grad_enabled(create_graph)
     try:
-        for t in reversed(order):
-            g = pending.pop(id(t), None)
+        for fn in reversed(order):
+            g = pending.pop(id(fn), None)
             if g is None:
                 continue
-            if t._retains_grad or (wanted is not None and id(t) in wanted):
-                deliver(t, g)
-            fn = t._ctx
+            delivered = set()
+            for t in produced.get(id(fn), ()):
+                if id(t) not in delivered and (t._retains_grad or (wanted is not None and id(t) in wanted)):
+                    delivered.add(id(t))
+                    deliver(t, g)
             grads = fn.backward(g)
             if not isinstance(grads, tuple):
                 grads = (grads,)
@@ -118,7 +130,7 @@ def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None)
                 if p._ctx is None:
                     deliver(p, pg)
                 else:
-                    k = id(p)
+                    k = id(p._ctx)
                     pending[k] = pg if k not in pending else pending[k] + pg
             if not retain_graph:
                 # Free the node: its inputs (and any saved arrays) go with the reference.

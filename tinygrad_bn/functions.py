@@ -12,6 +12,7 @@ import numpy as np
 
 from . import kernels
 from .function import Function
+from .grad_mode import is_grad_enabled as _recording
 from .tensor import Tensor
 
 
@@ -406,3 +407,77 @@ class LogSoftmax(Function):
 
     def backward(self, g):
         return g - self.output().exp() * g.sum(self.axis, keepdims=True)
+
+
+# ============================================================== fused
+def _bn_axes(ndim):
+    return (0,) + tuple(range(2, ndim))
+
+
+def _as_ncl(a):
+    """(N, C, H, W) -> (N, C, H*W) view for the batch-norm kernels; (N, C) and (N, C, L) pass."""
+    return a.reshape(a.shape[0], a.shape[1], -1) if a.ndim > 3 else a
+
+
+class BatchNormTrain(Function):
+    """y = gamma * x_hat + beta, x_hat = (x - mean) * inv_std, batch statistics per
+    channel over M = N*H*W values (fused Cython kernel; running stats updated in place
+    by the same call).
+
+    backward: grad_x = gamma * inv_std * (grad_y - (grad_beta + x_hat * grad_gamma) / M),
+    grad_gamma = sum grad_y * x_hat, grad_beta = sum grad_y: the fused backward kernel.
+    When the backward pass is itself recorded (create_graph) the same formula runs in
+    Tensor ops with mean and inv_std recomputed from x inside the graph, so higher
+    derivatives are exact (saved statistics are never treated as constants)."""
+
+    def forward(self, x, weight, bias):
+        y, self.mean, self.inv_std = kernels.batch_norm_train(
+            _as_ncl(x), weight, bias, self.running_mean, self.running_var, self.momentum, self.eps)
+        return y.reshape(x.shape)
+
+    def backward(self, grad_y):
+        x, weight, bias = self.inputs
+        if _recording():  # create_graph=True: differentiable formula
+            return self._backward_composed(grad_y)
+        grad_x, grad_gamma, grad_beta = kernels.batch_norm_backward(
+            _as_ncl(x.data), _as_ncl(grad_y.data), self.mean, self.inv_std, weight.data)
+        nx, nw, nb = self.needs_input_grad
+        return (_const(grad_x.reshape(x.shape)) if nx else None,
+                _const(grad_gamma) if nw else None, _const(grad_beta) if nb else None)
+
+    def _backward_composed(self, grad_y):
+        x, weight, _ = self.inputs
+        axes, view = _bn_axes(x.ndim), (1, -1) + (1,) * (x.ndim - 2)
+        m = x.size // x.shape[1]
+        mean = x.mean(axes, keepdims=True)
+        centred = x - mean
+        inv_std = ((centred * centred).mean(axes, keepdims=True) + self.eps) ** -0.5
+        x_hat = centred * inv_std
+        grad_beta = grad_y.sum(axes)
+        grad_gamma = (grad_y * x_hat).sum(axes)
+        grad_x = (weight.reshape(view) * inv_std) * (
+            grad_y - (grad_beta.reshape(view) + x_hat * grad_gamma.reshape(view)) * (1.0 / m))
+        return grad_x, grad_gamma, grad_beta
+
+
+class BatchNormEval(Function):
+    """y = x * scale + shift per channel, scale = gamma / sqrt(running_var + eps),
+    shift = beta - running_mean * scale (the fused inference map; running stats are
+    constants).  grad_x = grad_y * scale, grad_gamma = sum grad_y * (x - running_mean) /
+    sqrt(running_var + eps), grad_beta = sum grad_y."""
+
+    def forward(self, x, weight, bias):
+        return kernels.batch_norm_eval(_as_ncl(x), weight, bias, self.running_mean, self.running_var,
+                                       self.eps).reshape(x.shape)
+
+    def backward(self, grad_y):
+        x, weight, _ = self.inputs
+        axes, view = _bn_axes(x.ndim), (1, -1) + (1,) * (x.ndim - 2)
+        inv_std = _const((1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)).astype(x.dtype))
+        nx, nw, nb = self.needs_input_grad
+        grad_x = grad_y * (weight * inv_std).reshape(view) if nx else None
+        grad_gamma = None
+        if nw:
+            x_hat = (x - _const(self.running_mean).reshape(view)) * inv_std.reshape(view)
+            grad_gamma = (grad_y * x_hat).sum(axes)
+        return grad_x, grad_gamma, (grad_y.sum(axes) if nb else None)
