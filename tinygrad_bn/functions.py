@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import kernels
+from . import conv_kernels, kernels
 from .function import Function
 from .grad_mode import is_grad_enabled as _recording
 from .tensor import Tensor
@@ -481,3 +481,108 @@ class BatchNormEval(Function):
             x_hat = (x - _const(self.running_mean).reshape(view)) * inv_std.reshape(view)
             grad_gamma = (grad_y * x_hat).sum(axes)
         return grad_x, grad_gamma, (grad_y.sum(axes) if nb else None)
+
+
+# ============================================================== convolution and pooling
+# y = conv(x, w) is bilinear, so its two partial adjoints close under differentiation:
+#   <gy, conv(x, w)> = <conv_grad_input(gy, w), x> = <conv_grad_weight(x, gy), w>.
+# Conv2d's backward is expressed with ConvGradInput / ConvGradWeight, and their
+# backwards with Conv2d and each other: every order of derivative works.
+class Conv2d(Function):
+    """y = conv2d(x, w) (+ b): PyTorch's cross-correlation, NCHW, weight (O, C, kh, kw)."""
+
+    def forward(self, x, w, *b):
+        return conv_kernels.conv2d_forward(x, w, b[0] if b else None, self.stride, self.padding, self.dilation)
+
+    def backward(self, g):
+        x, w = self.inputs[0], self.inputs[1]
+        need = self.needs_input_grad
+        args = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+        grads = (ConvGradInput.apply(g, w, x_shape=x.shape, **args) if need[0] else None,
+                 ConvGradWeight.apply(x, g, w_shape=w.shape, **args) if need[1] else None)
+        if len(self.inputs) == 3:
+            grads += (g.sum((0, 2, 3)) if need[2] else None,)
+        return grads
+
+
+class ConvGradInput(Function):
+    """grad_x = d<gy, conv(x, w)>/dx: col2im of w^T gy (linear in gy and in w)."""
+
+    def forward(self, gy, w):
+        x_placeholder = np.empty(self.x_shape, dtype=gy.dtype)  # only its shape is read
+        return conv_kernels.conv2d_backward(x_placeholder, w, gy, self.stride, self.padding, self.dilation,
+                                            need_x=True, need_w=False, need_b=False)[0]
+
+    def backward(self, u):
+        gy, w = self.inputs
+        args = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+        ng, nw = self.needs_input_grad
+        return (Conv2d.apply(u, w, **args) if ng else None,
+                ConvGradWeight.apply(u, gy, w_shape=w.shape, **args) if nw else None)
+
+
+class ConvGradWeight(Function):
+    """grad_w = d<gy, conv(x, w)>/dw: sum over the batch of gy im2col(x)^T."""
+
+    def forward(self, x, gy):
+        w_placeholder = np.empty(self.w_shape, dtype=x.dtype)  # only its shape is read
+        return conv_kernels.conv2d_backward(x, w_placeholder, gy, self.stride, self.padding, self.dilation,
+                                            need_x=False, need_w=True, need_b=False)[1]
+
+    def backward(self, u):
+        x, gy = self.inputs
+        args = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+        nx, ng = self.needs_input_grad
+        return (ConvGradInput.apply(gy, u, x_shape=x.shape, **args) if nx else None,
+                Conv2d.apply(x, u, **args) if ng else None)
+
+
+class MaxPool2d(Function):
+    """y = max over each window (padding counts as -inf); the kernel records the argmax
+    of every window, and the gradient goes to that element only."""
+
+    def forward(self, x):
+        y, self.argmax = conv_kernels.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                                         self.dilation)
+        return y
+
+    def backward(self, g):
+        return MaxPool2dGrad.apply(g, argmax=self.argmax, x_shape=self.inputs[0].shape)
+
+
+class MaxPool2dGrad(Function):
+    """grad_x = g scattered to each window's argmax (overlaps accumulate). Linear in g;
+    its adjoint reads u back at the argmax positions."""
+
+    def forward(self, g):
+        return conv_kernels.max_pool2d_backward(g, self.argmax, self.x_shape)
+
+    def backward(self, u):
+        n, c, h, w = self.x_shape
+        plane = (np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
+        return u.reshape(-1)[plane + self.argmax]
+
+
+class AvgPool2d(Function):
+    """y = mean over each window (torch's count_include_pad rule). Linear."""
+
+    def forward(self, x):
+        return conv_kernels.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                               self.count_include_pad)
+
+    def backward(self, g):
+        return AvgPool2dGrad.apply(g, x_shape=self.inputs[0].shape, kernel_size=self.kernel_size,
+                                   stride=self.stride, padding=self.padding,
+                                   count_include_pad=self.count_include_pad)
+
+
+class AvgPool2dGrad(Function):
+    """grad_x of average pooling; its adjoint is average pooling itself."""
+
+    def forward(self, g):
+        return conv_kernels.avg_pool2d_backward(g, self.x_shape, self.kernel_size, self.stride, self.padding,
+                                                self.count_include_pad)
+
+    def backward(self, u):
+        return AvgPool2d.apply(u, kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                               count_include_pad=self.count_include_pad)

@@ -275,3 +275,86 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     if bias is not None:
         shift = shift + bias
     return x * _channel_view(scale, x.ndim) + _channel_view(shift, x.ndim)
+
+
+# ------------------------------------------------------------------ convolution and pooling
+
+
+def _pair(name, v):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair, got {v!r}")
+        return tuple(int(i) for i in v)
+    return (int(v), int(v))
+
+
+def _single(name, v):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 1:
+            raise ValueError(f"{name} must be an int or a 1-tuple, got {v!r}")
+        return int(v[0])
+    return int(v)
+
+
+def _check_rank(fn, x, ndim, layout):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{fn}: input must be a Tensor, got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(f"{fn}: expected {ndim}-D input {layout}, got shape {x.shape}")
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
+    """2-D cross-correlation (PyTorch's conv2d). x (N, C, H, W), weight (O, C, kh, kw),
+    bias (O,) or None -> (N, O, OH, OW), OH = (H + 2p - d(kh - 1) - 1) // s + 1.
+    Raises ValueError for rank/channel mismatches or a kernel larger than the padded input."""
+    from ..functions import Conv2d
+    _check_rank("conv2d", x, 4, "(N, C, H, W)")
+    if weight.ndim != 4:
+        raise ValueError(f"conv2d: expected 4-D weight (O, C, kh, kw), got shape {weight.shape}")
+    args = dict(stride=_pair("stride", stride), padding=_pair("padding", padding), dilation=_pair("dilation", dilation))
+    weight = weight.to(x.dtype)
+    inputs = (x, weight) if bias is None else (x, weight, bias.to(x.dtype))
+    return Conv2d.apply(*inputs, **args)
+
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1):
+    """1-D cross-correlation: x (N, C, L), weight (O, C, k) -> (N, O, OL); conv2d with H = 1."""
+    _check_rank("conv1d", x, 3, "(N, C, L)")
+    if weight.ndim != 3:
+        raise ValueError(f"conv1d: expected 3-D weight (O, C, k), got shape {weight.shape}")
+    n, c, length = x.shape
+    o, _, k = weight.shape
+    y = conv2d(x.reshape(n, c, 1, length), weight.reshape(o, weight.shape[1], 1, k), bias,
+               (1, _single("stride", stride)), (0, _single("padding", padding)), (1, _single("dilation", dilation)))
+    return y.reshape(n, o, y.shape[3])
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1):
+    """Max over kernel_size windows of (N, C, H, W) input; stride defaults to kernel_size;
+    padding (at most half the kernel) counts as -inf."""
+    from ..functions import MaxPool2d
+    _check_rank("max_pool2d", x, 4, "(N, C, H, W)")
+    k = _pair("kernel_size", kernel_size)
+    return MaxPool2d.apply(x, kernel_size=k, stride=k if stride is None else _pair("stride", stride),
+                           padding=_pair("padding", padding), dilation=_pair("dilation", dilation))
+
+
+def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1):
+    """Max over windows of (N, C, L) input (max_pool2d with H = 1)."""
+    _check_rank("max_pool1d", x, 3, "(N, C, L)")
+    k = _single("kernel_size", kernel_size)
+    s = k if stride is None else _single("stride", stride)
+    n, c, length = x.shape
+    y = max_pool2d(x.reshape(n, c, 1, length), (1, k), (1, s), (0, _single("padding", padding)),
+                   (1, _single("dilation", dilation)))
+    return y.reshape(n, c, y.shape[3])
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """Mean over kernel_size windows of (N, C, H, W) input; stride defaults to kernel_size;
+    zero padding counted in the divisor when count_include_pad (torch's default)."""
+    from ..functions import AvgPool2d
+    _check_rank("avg_pool2d", x, 4, "(N, C, H, W)")
+    k = _pair("kernel_size", kernel_size)
+    return AvgPool2d.apply(x, kernel_size=k, stride=k if stride is None else _pair("stride", stride),
+                           padding=_pair("padding", padding), count_include_pad=bool(count_include_pad))
