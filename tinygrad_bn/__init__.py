@@ -8,7 +8,9 @@ from .tensor import (
     Tensor, arange, bool_, cat, float32, float64, full, int64, maximum, minimum, ones, ones_like,
     rand, randn, stack, where, zeros, zeros_like,
 )
+from .serialization import load, save
 from .threads import get_num_threads, set_num_threads
+from . import data, optim  # noqa: E402
 from . import nn  # noqa: E402  (nn builds on Tensor)
 
 __version__ = "0.1.0"

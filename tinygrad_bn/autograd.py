@@ -12,7 +12,7 @@ _FREED = ("Trying to backward through the graph a second time (or directly acces
           "need to backward through the graph a second time.")
 
 
-def _topological_order(roots):
+def _topological_order(roots, wanted=None):
     """Function nodes reachable from roots, each after every node it depends on.
 
     Nodes, not tensors, are the vertices: a node's output may be wrapped by more than
@@ -24,7 +24,7 @@ def _topological_order(roots):
     order, seen, produced = [], set(), {}
     stack = [(r._ctx, False) for r in roots if r._ctx is not None]
     for r in roots:
-        if r._ctx is not None:
+        if r._ctx is not None and (r._retains_grad or (wanted is not None and id(r) in wanted)):
             produced.setdefault(id(r._ctx), []).append(r)
     while stack:
         fn, expanded = stack.pop()
@@ -41,7 +41,8 @@ def _topological_order(roots):
         for p in inputs:
             ctx = p._ctx
             if ctx is not None:
-                produced.setdefault(id(ctx), []).append(p)
+                if p._retains_grad or (wanted is not None and id(p) in wanted):
+                    produced.setdefault(id(ctx), []).append(p)
                 if id(ctx) not in seen:
                     stack.append((ctx, False))
     return order, produced
@@ -88,8 +89,8 @@ def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None)
     of each tensor in `inputs` (None where unreachable), touching no .grad.
     """
     roots_grad = _root_gradients(outputs, grad_outputs)
-    order, produced = _topological_order(outputs)
     wanted = None if inputs is None else {id(t): i for i, t in enumerate(inputs)}
+    order, produced = _topological_order(outputs, wanted)
     found = [None] * (0 if inputs is None else len(inputs))
 
     def deliver(t, g):
@@ -115,11 +116,12 @@ def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None)
             g = pending.pop(id(fn), None)
             if g is None:
                 continue
-            delivered = set()
-            for t in produced.get(id(fn), ()):
-                if id(t) not in delivered and (t._retains_grad or (wanted is not None and id(t) in wanted)):
-                    delivered.add(id(t))
-                    deliver(t, g)
+            if produced:
+                delivered = set()
+                for t in produced.get(id(fn), ()):
+                    if id(t) not in delivered:
+                        delivered.add(id(t))
+                        deliver(t, g)
             grads = fn.backward(g)
             if not isinstance(grads, tuple):
                 grads = (grads,)

@@ -272,7 +272,7 @@ class Sum(Function):
 
     def backward(self, g):
         kept = tuple(1 if i in self.axes else s for i, s in enumerate(self.in_shape))
-        return g.reshape(kept).expand(*self.in_shape)
+        return Expand.apply(g, shape=self.in_shape, src_shape=kept)
 
 
 class Max(Function):
@@ -312,16 +312,18 @@ class Permute(Function):
 
 
 class Expand(Function):
-    """z = x broadcast to shape.  Adjoint of Sum: the gradient is summed back."""
+    """z = x broadcast to shape (x first viewed as src_shape, e.g. with reduced axes
+    restored as 1s).  Adjoint of Sum: the gradient is summed back."""
+    src_shape = None
 
     def forward(self, x):
         self.in_shape = x.shape
         out = np.empty(self.shape, dtype=x.dtype)
-        np.copyto(out, x)  # broadcasting copy, cheaper than broadcast_to + copy
+        np.copyto(out, x if self.src_shape is None else x.reshape(self.src_shape))  # broadcasting copy
         return out
 
     def backward(self, g):
-        return g.sum_to(self.in_shape)
+        return g.sum_to(self.in_shape if self.src_shape is None else self.src_shape).reshape(self.in_shape)
 
 
 class GetItem(Function):

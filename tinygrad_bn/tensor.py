@@ -512,12 +512,10 @@ class Tensor:
         if lead < 0:
             raise ValueError(f"expand: target {shape} has fewer dims than the tensor's shape {self.shape}")
         target = tuple(self.shape[i - lead] if s == -1 and i >= lead else s for i, s in enumerate(shape))
-        try:
-            np.broadcast_shapes(self.shape, target)
-            if np.broadcast_shapes(self.shape, target) != target:
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"expand: cannot expand shape {self.shape} to {shape}") from None
+        for i, s in enumerate(self.shape):
+            if s != 1 and s != target[i + lead]:
+                raise ValueError(f"expand: cannot expand shape {self.shape} to {shape}: "
+                                 f"dimension {i} has size {s}, expected 1 or {target[i + lead]}")
         if target == self.shape:
             return self
         return F.Expand.apply(self, shape=target)

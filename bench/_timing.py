@@ -1,0 +1,53 @@
+"""Shared timing helpers for the bench scripts (not part of the library)."""
+import contextlib
+import time
+
+
+def best_time(fn, min_time=0.2, repeats=5):
+    """Median over `repeats` runs of the mean time per call (seconds), each run
+    looping long enough (>= min_time / repeats) to be above timer noise."""
+    fn()  # warm-up: allocations, caches, lazy imports
+    n, t0 = 1, time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-7)
+    n = max(1, int(min_time / repeats / one))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        samples.append((time.perf_counter() - t0) / n)
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def try_import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+@contextlib.contextmanager
+def blas_threads(n):
+    """Limit numpy's BLAS to n threads when threadpoolctl is installed (the bench extra)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield False
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield True
+
+
+def fmt(seconds):
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    return f"{seconds * 1e3:.3f} ms"
+
+
+def ratio(a, b):
+    return "-" if a is None or b is None else f"{a / b:.2f}"
