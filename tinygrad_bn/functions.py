@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import conv_kernels, kernels
+from . import blas, conv_kernels, kernels
 from .function import Function
 from .grad_mode import is_grad_enabled as _recording
 from .tensor import Tensor
@@ -375,7 +375,10 @@ class MatMul(Function):
     tb = False
 
     def forward(self, a, b):
-        return np.matmul(a.swapaxes(-1, -2) if self.ta else a, b.swapaxes(-1, -2) if self.tb else b)
+        a = a.swapaxes(-1, -2) if self.ta else a
+        b = b.swapaxes(-1, -2) if self.tb else b
+        blas.for_gemm(2 * a.size * b.shape[-1] * (b.size // (b.shape[-1] * b.shape[-2]) if a.ndim == 2 else 1))
+        return np.matmul(a, b)
 
     def backward(self, g):
         a, b = self.inputs
