@@ -6,83 +6,78 @@ C-contiguous array. Broadcasting is handled here without materialising the
 expanded operand. Nothing here knows about Tensor or autograd.
 """
 import numpy as np
+from ._C import elementwise as _elementwise
+from ._C import index as _index
+from ._C import reduce as _reduce
+from ._C import softmax as _softmax
+from .threads import threads_for
 
 # SCAFFOLD: numpy bodies, replaced by the Cython kernels (src_cy/) in this session.
 
-_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
-           "pow": np.power, "maximum": np.maximum, "minimum": np.minimum}
-_COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
-            "eq": np.equal, "ne": np.not_equal}
-
-
-def _sigmoid(a):
-    return 0.5 * (np.tanh(0.5 * a) + 1).astype(a.dtype)
-
-
-_UNARY = {"neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
-          "relu": lambda a: np.maximum(a, 0), "sigmoid": _sigmoid, "tanh": np.tanh, "abs": np.abs}
-
-
 def binary(op, a, b):
     """out = op(a, b) with numpy broadcasting. op: add sub mul div pow maximum minimum."""
-    return np.ascontiguousarray(_BINARY[op](a, b))
+    n = a.size if a.shape == b.shape else _elementwise.broadcast_size(a.shape, b.shape)
+    return _elementwise.binary(op, a, b, threads_for(n))
 
 
 def compare(op, a, b):
     """bool array op(a, b) with broadcasting. op: lt le gt ge eq ne."""
-    return np.ascontiguousarray(_COMPARE[op](a, b))
+    n = a.size if a.shape == b.shape else _elementwise.broadcast_size(a.shape, b.shape)
+    return _elementwise.compare(op, a, b, threads_for(n))
 
 
 def unary(op, a):
     """out = op(a). op: neg exp log sqrt relu sigmoid tanh abs."""
-    return np.ascontiguousarray(_UNARY[op](a)).astype(a.dtype, copy=False)
+    return _elementwise.unary(op, a, threads_for(a.size))
 
 
 def pow_scalar(a, p):
     """out = a ** p for a Python float p."""
-    return np.power(a, a.dtype.type(p))
+    return _elementwise.pow_scalar(a, p, threads_for(a.size))
 
 
 def clip(a, lo, hi):
     """out = min(max(a, lo), hi); lo or hi may be None."""
-    return np.ascontiguousarray(np.clip(a, lo, hi)).astype(a.dtype, copy=False)
+    return _elementwise.clip(a, lo, hi, threads_for(a.size))
 
 
 def where(cond, a, b):
     """out = a where cond else b, broadcasting all three (cond: bool array)."""
-    return np.ascontiguousarray(np.where(cond, a, b))
+    if cond.shape == a.shape == b.shape:
+        n = a.size
+    else:
+        n = _elementwise.broadcast_size(cond.shape, a.shape, b.shape)
+    return _elementwise.where(cond, a, b, threads_for(n))
 
 
 def sum(a, axes, keepdims):
     """Sum over `axes` (tuple of non-negative ints, sorted, non-empty), float64 accumulation."""
-    return np.ascontiguousarray(a.sum(axis=axes, keepdims=keepdims, dtype=np.float64).astype(a.dtype))
+    return _reduce.sum_axes(a, axes, keepdims, threads_for(a.size))
 
 
 def max(a, axes, keepdims):
     """Maximum over `axes` (tuple of non-negative ints, sorted, non-empty); a.size > 0."""
-    return np.ascontiguousarray(a.max(axis=axes, keepdims=keepdims))
+    return _reduce.max_axes(a, axes, keepdims, threads_for(a.size))
 
 
 def min(a, axes, keepdims):
     """Minimum over `axes` (tuple of non-negative ints, sorted, non-empty); a.size > 0."""
-    return np.ascontiguousarray(a.min(axis=axes, keepdims=keepdims))
+    return _reduce.min_axes(a, axes, keepdims, threads_for(a.size))
 
 
 def argmax(a, axis):
     """int64 index of the first maximum along `axis` (None: of the flattened array)."""
-    return np.asarray(np.argmax(a, axis=axis), dtype=np.int64)
+    return _reduce.argmax_axis(a, axis, threads_for(a.size))
 
 
 def softmax(a, axis):
     """exp(a - max) / sum(exp(a - max)) along `axis` (non-negative int); stable for |a| ~ 1e4."""
-    e = np.exp(a - a.max(axis=axis, keepdims=True))
-    return np.ascontiguousarray(e / e.sum(axis=axis, keepdims=True))
+    return _softmax.softmax(a, axis, threads_for(a.size))
 
 
 def log_softmax(a, axis):
     """a - max - log(sum(exp(a - max))) along `axis` (non-negative int)."""
-    s = a - a.max(axis=axis, keepdims=True)
-    return np.ascontiguousarray(s - np.log(np.exp(s).sum(axis=axis, keepdims=True)))
+    return _softmax.log_softmax(a, axis, threads_for(a.size))
 
 
 def scatter_add(shape, positions, values):
@@ -91,11 +86,30 @@ def scatter_add(shape, positions, values):
     positions: int64 array of flat indices into `shape`, same size as values;
     repeated positions accumulate.
     """
-    out = np.zeros(int(np.prod(shape)), dtype=values.dtype)
-    np.add.at(out, positions.ravel(), values.ravel())
-    return out.reshape(shape)
+    return _index.scatter_add(shape, positions, values)
 
 
 def contiguous(a):
     """C-contiguous copy of any strided view (transpose, expand, slice)."""
-    return np.ascontiguousarray(a)
+    return _index.contiguous(a, threads_for(a.size))
+
+
+# ------------------------------------------------------------------ batch norm (src_cy/batchnorm.pyx)
+def batch_norm_train(x, weight, bias, running_mean, running_var, momentum, eps):
+    """Fused training forward on x (N, C) or (N, C, L). weight/bias/running_*: (C,)
+    arrays of x's dtype or None; running stats are updated in place when given.
+    Returns (y, mean, inv_std) with mean/inv_std float64 (C,)."""
+    from ._C import batchnorm
+    return batchnorm.forward_train(x, weight, bias, running_mean, running_var, momentum, eps, threads_for(x.size))
+
+
+def batch_norm_eval(x, weight, bias, running_mean, running_var, eps):
+    """Fused inference forward: one affine map per channel from the running stats."""
+    from ._C import batchnorm
+    return batchnorm.forward_eval(x, weight, bias, running_mean, running_var, eps, threads_for(x.size))
+
+
+def batch_norm_backward(x, grad_y, mean, inv_std, weight):
+    """Fused backward: returns (grad_x, grad_gamma, grad_beta)."""
+    from ._C import batchnorm
+    return batchnorm.backward(x, grad_y, mean, inv_std, weight, threads_for(x.size))

@@ -89,6 +89,8 @@ def _analytic(outs, inputs, checked, vs, where):
                 f"{where}: gradient of input {i} has shape {tuple(g.shape)}, expected {tuple(inputs[i].shape)}",
                 input_index=i,
             )
+        if g.dtype != np.float64:
+            raise GradcheckError(f"{where}: gradient of input {i} has dtype {g.dtype}, expected float64", input_index=i)
         result.append(np.array(g.numpy(), dtype=np.float64))
     return result
 
@@ -147,7 +149,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0):
     seed: seeds the random upstream gradient v (standard normal, float64).
 
     Returns True. Raises GradcheckError (an AssertionError) naming the input
-    index, the worst element and both values; TypeError for a non-Tensor input,
+    index, the worst element and both values (or a gradient of the wrong
+    shape or dtype); TypeError for a non-Tensor input,
     a non-float64 floating input or a non-float64 output; ValueError when no
     input requires grad.
     """

@@ -67,7 +67,10 @@ def arrays(dtype, shape, min_value=-10, max_value=10):
     test needs distinct values.
     """
     dtype = np.dtype(dtype)
-    return hnp.arrays(dtype, shape, elements=_elements(dtype, min_value, max_value)).map(np.ascontiguousarray)
+    # NOTE: not np.ascontiguousarray, which turns a 0-d array into shape (1,).
+    return hnp.arrays(dtype, shape, elements=_elements(dtype, min_value, max_value)).map(
+        lambda a: np.array(a, order="C", copy=None)
+    )
 
 
 @st.composite
@@ -79,6 +82,10 @@ def tensors(draw, dtype, shape_strategy, requires_grad=False, min_value=-10, max
     """
     data = draw(arrays(dtype, shape_strategy, min_value=min_value, max_value=max_value))
     return tb.Tensor(data, requires_grad=requires_grad, dtype=data.dtype)
+
+
+def _real(lo, hi):
+    return st.floats(lo, hi, allow_subnormal=False)
 
 
 @st.composite
@@ -104,14 +111,14 @@ def batch_norm_inputs(draw, ndims=(2, 3, 4), dtype=np.float64, max_batch=4, max_
     spatial = tuple(draw(st.lists(st.integers(1, max_spatial), min_size=ndim - 2, max_size=ndim - 2)))
     if n * math.prod(spatial) < 2:
         n = 2  # one value per channel: the batch variance is undefined
-    channel = st.lists(st.floats(math.log10(min_scale), math.log10(max_scale)), min_size=c, max_size=c)
-    scale = 10.0 ** np.array(draw(channel))
-    offset = np.array(draw(st.lists(st.floats(-max_offset, max_offset), min_size=c, max_size=c))) * scale
+    log_scale = st.floats(math.log10(min_scale), math.log10(max_scale))
+    scale = 10.0 ** np.array(draw(st.lists(log_scale, min_size=c, max_size=c)))
+    offset = np.array(draw(st.lists(_real(-max_offset, max_offset), min_size=c, max_size=c))) * scale
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     z = rng.standard_normal((n, c) + spatial)
     per_channel = (1, c) + (1,) * len(spatial)
     x = offset.reshape(per_channel) + scale.reshape(per_channel) * z
-    gamma_value = st.one_of(st.just(0.0), st.just(-1.0), st.floats(-2.0, 2.0))
+    gamma_value = st.one_of(st.just(0.0), st.just(-1.0), _real(-2.0, 2.0))
     gamma = np.array(draw(st.lists(gamma_value, min_size=c, max_size=c)))
-    beta = np.array(draw(st.lists(st.floats(-2.0, 2.0), min_size=c, max_size=c)))
+    beta = np.array(draw(st.lists(_real(-2.0, 2.0), min_size=c, max_size=c)))
     return x.astype(dtype), gamma.astype(dtype), beta.astype(dtype)

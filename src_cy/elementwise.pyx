@@ -1,0 +1,790 @@
+# cython: language_level=3
+"""Elementwise kernels: binary arithmetic and comparisons with numpy broadcasting,
+unary maps, scalar power, clip and where.
+
+Inputs are C-contiguous float32/float64 ndarrays of any rank (the bool condition
+of `where` excepted); every wrapper checks them and allocates a new C-contiguous
+output, then runs a `noexcept nogil` loop on raw pointers.
+
+Broadcasting never materialises an expanded operand. The output is walked as
+rows x inner (a `Plan`): inside a row each operand steps by 0 (broadcast) or 1
+(contiguous), so the row loops are plain vectorisable loops; between rows each
+operand jumps by its own element strides. Adjacent dimensions that are contiguous
+for every operand are merged first, so equal shapes are one row and
+(4096, 1024) + (1024,) is 4096 rows of 1024 with b restarting at 0.
+
+Threads split the flat output into one contiguous range per thread, so every
+element is computed by the same instructions whatever the thread count.
+"""
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.math cimport INFINITY, exp, fabs, fabsf, log, logf, pow, powf, sqrt, sqrtf, tanh
+
+import numpy as np
+
+from fastmath cimport tb_expf, tb_sigmoidf, tb_tanhf
+from tb_types cimport idx_t, real
+
+cnp.import_array()
+
+ctypedef unsigned char npy_bool_t
+
+cdef enum:
+    MAXDIMS = 64   # numpy's NPY_MAXDIMS
+    MAXOPS = 3     # where(cond, a, b) has the most operands
+
+# fmt: off
+cdef enum:
+    ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM                 # binary
+    LT, LE, GT, GE, EQ, NE                                    # compare
+    NEG, EXP, LOG, SQRT, RELU, SIGMOID, TANH, ABS             # unary
+
+_BINARY = {"add": ADD, "sub": SUB, "mul": MUL, "div": DIV, "pow": POW,
+           "maximum": MAXIMUM, "minimum": MINIMUM}
+_COMPARE = {"lt": LT, "le": LE, "gt": GT, "ge": GE, "eq": EQ, "ne": NE}
+_UNARY = {"neg": NEG, "exp": EXP, "log": LOG, "sqrt": SQRT, "relu": RELU,
+          "sigmoid": SIGMOID, "tanh": TANH, "abs": ABS}
+# fmt: on
+
+
+# ---------------------------------------------------------------- broadcasting plan
+
+cdef struct Plan:
+    # Output (C-contiguous, `size` elements) = rows x `inner`. Operand k's element
+    # offset at the start of row r is sum_d idx_d(r) * stride[k][d] over the `nd`
+    # outer dims (shape[d]); inside a row it advances by step[k] in {0, 1}.
+    int nops
+    int nd
+    idx_t size
+    idx_t inner
+    idx_t shape[MAXDIMS]
+    idx_t stride[MAXOPS][MAXDIMS]
+    idx_t step[MAXOPS]
+
+
+cdef struct Cursor:
+    # One thread's position: the outer multi-index and each operand's row offset.
+    idx_t idx[MAXDIMS]
+    idx_t off[MAXOPS]
+
+
+cdef int _plan(Plan* p, tuple shapes, cnp.npy_intp* dims) except -1:
+    """Broadcast `shapes` by numpy's rules into `p`; write the output shape to dims
+    and return its rank. ValueError when the shapes do not broadcast."""
+    cdef int nops = len(shapes), nd = 0, k, d, m = 0, off
+    cdef idx_t sz, acc
+    cdef bint contiguous
+    cdef idx_t full_stride[MAXOPS][MAXDIMS]
+    for s in shapes:
+        nd = max(nd, len(s))
+    if nd > MAXDIMS:
+        raise ValueError(f"expected at most {MAXDIMS} dimensions, got {nd}")
+    for d in range(nd):
+        dims[d] = 1
+    # element strides of each contiguous operand, right-aligned, 0 where it broadcasts
+    for k in range(nops):
+        s = shapes[k]
+        off = nd - len(s)
+        acc = 1
+        for d in range(nd - 1, -1, -1):
+            full_stride[k][d] = 0
+            if d < off:
+                continue
+            sz = s[d - off]
+            if sz != 1:
+                full_stride[k][d] = acc
+                if dims[d] == 1:
+                    dims[d] = sz
+                elif dims[d] != sz:
+                    raise ValueError("operands could not be broadcast together with shapes "
+                                     + " ".join(str(tuple(t)) for t in shapes))
+            acc *= sz
+    # drop size-1 dims, merge neighbours that are contiguous for every operand
+    p.nops = nops
+    p.size = 1
+    for d in range(nd):
+        sz = dims[d]
+        p.size *= sz
+        if sz == 1:
+            continue
+        contiguous = m > 0
+        for k in range(nops):
+            contiguous = contiguous and p.stride[k][m - 1] == full_stride[k][d] * sz
+        if contiguous:
+            p.shape[m - 1] *= sz
+            for k in range(nops):
+                p.stride[k][m - 1] = full_stride[k][d]
+        else:
+            p.shape[m] = sz
+            for k in range(nops):
+                p.stride[k][m] = full_stride[k][d]
+            m += 1
+    if m == 0:  # a single element: one row of one, every operand at offset 0
+        p.shape[0] = 1
+        for k in range(nops):
+            p.stride[k][0] = 0
+        m = 1
+    p.nd = m - 1
+    p.inner = p.shape[m - 1]
+    for k in range(nops):
+        p.step[k] = p.stride[k][m - 1]
+    return nd
+
+
+cdef inline void _seek(const Plan* p, Cursor* c, idx_t row) noexcept nogil:
+    cdef int d, k
+    for k in range(p.nops):
+        c.off[k] = 0
+    for d in range(p.nd - 1, -1, -1):
+        c.idx[d] = row % p.shape[d]
+        row = row // p.shape[d]
+        for k in range(p.nops):
+            c.off[k] += c.idx[d] * p.stride[k][d]
+
+
+cdef inline void _next_row(const Plan* p, Cursor* c) noexcept nogil:
+    # odometer: bump the last outer index, carry into earlier ones
+    cdef int d = p.nd - 1, k
+    while d >= 0:
+        c.idx[d] += 1
+        for k in range(p.nops):
+            c.off[k] += p.stride[k][d]
+        if c.idx[d] < p.shape[d]:
+            return
+        for k in range(p.nops):
+            c.off[k] -= p.shape[d] * p.stride[k][d]
+        c.idx[d] = 0
+        d -= 1
+
+
+cdef inline idx_t _chunk(idx_t size, int t, int nthreads) noexcept nogil:
+    # start of thread t's range; multiples of 64 elements keep vector stores aligned
+    if t >= nthreads:
+        return size
+    return (size * t // nthreads) // 64 * 64
+
+
+# ---------------------------------------------------------------- scalar formulas
+
+cdef inline real _maximum(real x, real y) noexcept nogil:
+    # numpy's maximum: NaN in either operand gives NaN
+    return x if (x >= y or x != x) else y
+
+
+cdef inline real _minimum(real x, real y) noexcept nogil:
+    return x if (x <= y or x != x) else y
+
+
+cdef inline real _pow(real x, real y) noexcept nogil:
+    if real is float:
+        return powf(x, y)
+    else:
+        return pow(x, y)
+
+
+cdef inline real _binop(int op, real x, real y) noexcept nogil:
+    if op == ADD:
+        return x + y
+    elif op == SUB:
+        return x - y
+    elif op == MUL:
+        return x * y
+    elif op == DIV:
+        return x / y
+    elif op == POW:
+        return _pow(x, y)
+    elif op == MAXIMUM:
+        return _maximum(x, y)
+    else:
+        return _minimum(x, y)
+
+
+cdef inline npy_bool_t _cmpop(int op, real x, real y) noexcept nogil:
+    if op == LT:
+        return x < y
+    elif op == LE:
+        return x <= y
+    elif op == GT:
+        return x > y
+    elif op == GE:
+        return x >= y
+    elif op == EQ:
+        return x == y
+    else:
+        return x != y
+
+
+# ---------------------------------------------------------------- binary
+
+cdef inline void _binary_row(int op, const real* a, idx_t sa, const real* b, idx_t sb,
+                             real* o, idx_t n) noexcept nogil:
+    # o[i] = op(a[i * sa], b[i * sb]), one loop per (op, sa, sb) so each vectorises
+    cdef idx_t i
+    cdef real x, y
+    if sa == 1 and sb == 1:
+        if op == ADD:
+            for i in range(n): o[i] = a[i] + b[i]
+        elif op == SUB:
+            for i in range(n): o[i] = a[i] - b[i]
+        elif op == MUL:
+            for i in range(n): o[i] = a[i] * b[i]
+        elif op == DIV:
+            for i in range(n): o[i] = a[i] / b[i]
+        elif op == POW:
+            for i in range(n): o[i] = _pow(a[i], b[i])
+        elif op == MAXIMUM:
+            for i in range(n): o[i] = _maximum(a[i], b[i])
+        elif op == MINIMUM:
+            for i in range(n): o[i] = _minimum(a[i], b[i])
+    elif sa == 1:
+        y = b[0]
+        if op == ADD:
+            for i in range(n): o[i] = a[i] + y
+        elif op == SUB:
+            for i in range(n): o[i] = a[i] - y
+        elif op == MUL:
+            for i in range(n): o[i] = a[i] * y
+        elif op == DIV:
+            for i in range(n): o[i] = a[i] / y
+        elif op == POW:
+            for i in range(n): o[i] = _pow(a[i], y)
+        elif op == MAXIMUM:
+            for i in range(n): o[i] = _maximum(a[i], y)
+        elif op == MINIMUM:
+            for i in range(n): o[i] = _minimum(a[i], y)
+    elif sb == 1:
+        x = a[0]
+        if op == ADD:
+            for i in range(n): o[i] = x + b[i]
+        elif op == SUB:
+            for i in range(n): o[i] = x - b[i]
+        elif op == MUL:
+            for i in range(n): o[i] = x * b[i]
+        elif op == DIV:
+            for i in range(n): o[i] = x / b[i]
+        elif op == POW:
+            for i in range(n): o[i] = _pow(x, b[i])
+        elif op == MAXIMUM:
+            for i in range(n): o[i] = _maximum(x, b[i])
+        elif op == MINIMUM:
+            for i in range(n): o[i] = _minimum(x, b[i])
+    else:  # both broadcast along the row (only for a single-element output)
+        x = _binop(op, a[0], b[0])
+        for i in range(n): o[i] = x
+
+
+cdef void _binary_range(int op, const real* a, const real* b, real* out, const Plan* p,
+                        idx_t start, idx_t stop) noexcept nogil:
+    """out[start:stop] of the flat output."""
+    cdef Cursor c
+    cdef idx_t pos = start, col, n
+    if start >= stop:
+        return
+    _seek(p, &c, start // p.inner)
+    col = start % p.inner
+    while True:
+        n = min(p.inner - col, stop - pos)
+        _binary_row(op, a + c.off[0] + col * p.step[0], p.step[0],
+                    b + c.off[1] + col * p.step[1], p.step[1], out + pos, n)
+        pos += n
+        if pos >= stop:
+            break
+        col = 0
+        _next_row(p, &c)
+
+
+cdef void _binary(int op, const real* a, const real* b, real* out, const Plan* p,
+                  int nthreads) noexcept nogil:
+    cdef int t
+    if nthreads <= 1:
+        _binary_range(op, a, b, out, p, 0, p.size)
+        return
+    for t in prange(nthreads, num_threads=nthreads, schedule='static'):
+        _binary_range(op, a, b, out, p, _chunk(p.size, t, nthreads), _chunk(p.size, t + 1, nthreads))
+
+
+# ---------------------------------------------------------------- compare
+
+cdef inline void _compare_row(int op, const real* a, idx_t sa, const real* b, idx_t sb,
+                              npy_bool_t* o, idx_t n) noexcept nogil:
+    # o[i] = op(a[i * sa], b[i * sb]); NaN compares false except for ne, as in numpy
+    cdef idx_t i
+    cdef real x, y
+    if sa == 1 and sb == 1:
+        if op == LT:
+            for i in range(n): o[i] = a[i] < b[i]
+        elif op == LE:
+            for i in range(n): o[i] = a[i] <= b[i]
+        elif op == GT:
+            for i in range(n): o[i] = a[i] > b[i]
+        elif op == GE:
+            for i in range(n): o[i] = a[i] >= b[i]
+        elif op == EQ:
+            for i in range(n): o[i] = a[i] == b[i]
+        elif op == NE:
+            for i in range(n): o[i] = a[i] != b[i]
+    elif sa == 1:
+        y = b[0]
+        if op == LT:
+            for i in range(n): o[i] = a[i] < y
+        elif op == LE:
+            for i in range(n): o[i] = a[i] <= y
+        elif op == GT:
+            for i in range(n): o[i] = a[i] > y
+        elif op == GE:
+            for i in range(n): o[i] = a[i] >= y
+        elif op == EQ:
+            for i in range(n): o[i] = a[i] == y
+        elif op == NE:
+            for i in range(n): o[i] = a[i] != y
+    elif sb == 1:
+        x = a[0]
+        if op == LT:
+            for i in range(n): o[i] = x < b[i]
+        elif op == LE:
+            for i in range(n): o[i] = x <= b[i]
+        elif op == GT:
+            for i in range(n): o[i] = x > b[i]
+        elif op == GE:
+            for i in range(n): o[i] = x >= b[i]
+        elif op == EQ:
+            for i in range(n): o[i] = x == b[i]
+        elif op == NE:
+            for i in range(n): o[i] = x != b[i]
+    else:
+        for i in range(n): o[i] = _cmpop(op, a[0], b[0])
+
+
+cdef void _compare_range(int op, const real* a, const real* b, npy_bool_t* out, const Plan* p,
+                         idx_t start, idx_t stop) noexcept nogil:
+    cdef Cursor c
+    cdef idx_t pos = start, col, n
+    if start >= stop:
+        return
+    _seek(p, &c, start // p.inner)
+    col = start % p.inner
+    while True:
+        n = min(p.inner - col, stop - pos)
+        _compare_row(op, a + c.off[0] + col * p.step[0], p.step[0],
+                     b + c.off[1] + col * p.step[1], p.step[1], out + pos, n)
+        pos += n
+        if pos >= stop:
+            break
+        col = 0
+        _next_row(p, &c)
+
+
+cdef void _compare(int op, const real* a, const real* b, npy_bool_t* out, const Plan* p,
+                   int nthreads) noexcept nogil:
+    cdef int t
+    if nthreads <= 1:
+        _compare_range(op, a, b, out, p, 0, p.size)
+        return
+    for t in prange(nthreads, num_threads=nthreads, schedule='static'):
+        _compare_range(op, a, b, out, p, _chunk(p.size, t, nthreads), _chunk(p.size, t + 1, nthreads))
+
+
+# ---------------------------------------------------------------- where
+
+cdef inline void _where_row(const npy_bool_t* c, idx_t sc, const real* a, idx_t sa,
+                            const real* b, idx_t sb, real* o, idx_t n) noexcept nogil:
+    # o[i] = a[i * sa] if c[i * sc] else b[i * sb]
+    cdef idx_t i
+    if sc == 1 and sa == 1 and sb == 1:
+        for i in range(n): o[i] = a[i] if c[i] else b[i]
+    else:
+        for i in range(n): o[i] = a[i * sa] if c[i * sc] else b[i * sb]
+
+
+cdef void _where_range(const npy_bool_t* cond, const real* a, const real* b, real* out,
+                       const Plan* p, idx_t start, idx_t stop) noexcept nogil:
+    cdef Cursor c
+    cdef idx_t pos = start, col, n
+    if start >= stop:
+        return
+    _seek(p, &c, start // p.inner)
+    col = start % p.inner
+    while True:
+        n = min(p.inner - col, stop - pos)
+        _where_row(cond + c.off[0] + col * p.step[0], p.step[0],
+                   a + c.off[1] + col * p.step[1], p.step[1],
+                   b + c.off[2] + col * p.step[2], p.step[2], out + pos, n)
+        pos += n
+        if pos >= stop:
+            break
+        col = 0
+        _next_row(p, &c)
+
+
+cdef void _where(const npy_bool_t* cond, const real* a, const real* b, real* out, const Plan* p,
+                 int nthreads) noexcept nogil:
+    cdef int t
+    if nthreads <= 1:
+        _where_range(cond, a, b, out, p, 0, p.size)
+        return
+    for t in prange(nthreads, num_threads=nthreads, schedule='static'):
+        _where_range(cond, a, b, out, p, _chunk(p.size, t, nthreads), _chunk(p.size, t + 1, nthreads))
+
+
+# ---------------------------------------------------------------- unary, pow_scalar, clip
+
+cdef void _unary_range(int op, const real* a, real* o, idx_t start, idx_t stop) noexcept nogil:
+    cdef idx_t i
+    cdef real x, e
+    if op == NEG:
+        for i in range(start, stop): o[i] = -a[i]
+    elif op == EXP:
+        if real is float:
+            for i in range(start, stop): o[i] = tb_expf(a[i])
+        else:
+            for i in range(start, stop): o[i] = exp(a[i])
+    elif op == LOG:
+        if real is float:
+            for i in range(start, stop): o[i] = logf(a[i])
+        else:
+            for i in range(start, stop): o[i] = log(a[i])
+    elif op == SQRT:
+        if real is float:
+            for i in range(start, stop): o[i] = sqrtf(a[i])
+        else:
+            for i in range(start, stop): o[i] = sqrt(a[i])
+    elif op == RELU:
+        # relu(x) = maximum(x, 0): NaN stays NaN
+        for i in range(start, stop): o[i] = _maximum(a[i], <real>0)
+    elif op == SIGMOID:
+        if real is float:
+            for i in range(start, stop): o[i] = tb_sigmoidf(a[i])
+        else:
+            # sigmoid(x) = 1 / (1 + e^-x) = e^x / (1 + e^x); with e = exp(-|x|) <= 1
+            # neither form overflows (same scheme as tb_sigmoidf)
+            for i in range(start, stop):
+                x = a[i]
+                e = exp(-fabs(x))
+                o[i] = (1.0 if x >= 0 else e) / (1.0 + e)
+    elif op == TANH:
+        if real is float:
+            for i in range(start, stop): o[i] = tb_tanhf(a[i])
+        else:
+            for i in range(start, stop): o[i] = tanh(a[i])
+    elif op == ABS:
+        if real is float:
+            for i in range(start, stop): o[i] = fabsf(a[i])
+        else:
+            for i in range(start, stop): o[i] = fabs(a[i])
+
+
+cdef void _unary(int op, const real* a, real* o, idx_t size, int nthreads) noexcept nogil:
+    cdef int t
+    if nthreads <= 1:
+        _unary_range(op, a, o, 0, size)
+        return
+    for t in prange(nthreads, num_threads=nthreads, schedule='static'):
+        _unary_range(op, a, o, _chunk(size, t, nthreads), _chunk(size, t + 1, nthreads))
+
+
+cdef void _pow_scalar_range(const real* a, real p, real* o, idx_t start, idx_t stop) noexcept nogil:
+    # o = a ** p; x*x, 1/x and sqrt are correctly rounded, so those fast paths give
+    # numpy's results exactly
+    cdef idx_t i
+    if p == 2:
+        for i in range(start, stop): o[i] = a[i] * a[i]
+    elif p == 1:
+        for i in range(start, stop): o[i] = a[i]
+    elif p == 0:
+        for i in range(start, stop): o[i] = 1  # pow(x, 0) = 1 even for NaN
+    elif p == -1:
+        for i in range(start, stop): o[i] = 1 / a[i]
+    elif p == 0.5:
+        # NOTE: sqrt, as numpy's power and torch do: differs from C pow only at -0
+        # (-0 vs +0) and -inf (NaN vs +inf)
+        if real is float:
+            for i in range(start, stop): o[i] = sqrtf(a[i])
+        else:
+            for i in range(start, stop): o[i] = sqrt(a[i])
+    else:
+        for i in range(start, stop): o[i] = _pow(a[i], p)
+
+
+cdef void _pow_scalar(const real* a, real p, real* o, idx_t size, int nthreads) noexcept nogil:
+    cdef int t
+    if nthreads <= 1:
+        _pow_scalar_range(a, p, o, 0, size)
+        return
+    for t in prange(nthreads, num_threads=nthreads, schedule='static'):
+        _pow_scalar_range(a, p, o, _chunk(size, t, nthreads), _chunk(size, t + 1, nthreads))
+
+
+cdef void _clip_range(const real* a, real lo, real hi, real* o, idx_t start, idx_t stop) noexcept nogil:
+    # o = minimum(maximum(a, lo), hi), numpy's clip: NaN propagates, lo > hi gives hi
+    cdef idx_t i
+    for i in range(start, stop): o[i] = _minimum(_maximum(a[i], lo), hi)
+
+
+cdef void _clip(const real* a, real lo, real hi, real* o, idx_t size, int nthreads) noexcept nogil:
+    cdef int t
+    if nthreads <= 1:
+        _clip_range(a, lo, hi, o, 0, size)
+        return
+    for t in prange(nthreads, num_threads=nthreads, schedule='static'):
+        _clip_range(a, lo, hi, o, _chunk(size, t, nthreads), _chunk(size, t + 1, nthreads))
+
+
+# ---------------------------------------------------------------- Python wrappers
+
+cdef int _check_float(object a, str name) except -1:
+    """The array's type number; raise unless a is a C-contiguous float32/float64 ndarray."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef int t = cnp.PyArray_TYPE(arr)
+    if (t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64) or not cnp.PyArray_ISNOTSWAPPED(arr):
+        raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), got {a.dtype}")
+    if not cnp.PyArray_ISCARRAY_RO(arr):
+        raise ValueError(f"{name}: expected a C-contiguous aligned array, got shape {a.shape} "
+                         f"with strides {a.strides}")
+    return t
+
+
+cdef int _check_pair(object a, object b) except -1:
+    cdef int ta = _check_float(a, "a"), tb = _check_float(b, "b")
+    if ta != tb:
+        raise TypeError(f"a and b: expected the same dtype, got {a.dtype} and {b.dtype}")
+    return ta
+
+
+cdef int _check_threads(int nthreads) except -1:
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
+    return 0
+
+
+cdef int _op_code(dict table, str op, str kind) except -1:
+    code = table.get(op)
+    if code is None:
+        raise ValueError(f"unknown {kind} op {op!r}; expected one of {', '.join(table)}")
+    return code
+
+
+def broadcast_size(*shapes):
+    """Number of elements in the broadcast of `shapes` (tuples of ints, at most 3).
+
+    Raises ValueError when the shapes do not broadcast by numpy's rules.
+    """
+    cdef Plan p
+    cdef cnp.npy_intp dims[MAXDIMS]
+    if not 1 <= len(shapes) <= MAXOPS:
+        raise ValueError(f"expected 1 to {MAXOPS} shapes, got {len(shapes)}")
+    _plan(&p, shapes, dims)
+    return p.size
+
+
+def binary(str op, a, b, int nthreads=1):
+    """out = op(a, b) with numpy broadcasting.
+
+    Parameters
+    ----------
+    op : str
+        add, sub, mul, div, pow, maximum or minimum (maximum/minimum propagate NaN).
+    a, b : ndarray
+        C-contiguous, both float32 or both float64; shapes broadcast (either may be 0-d).
+    nthreads : int
+        OpenMP threads (>= 1), decided by the caller.
+
+    Returns
+    -------
+    ndarray
+        New C-contiguous array of the broadcast shape and the inputs' dtype.
+    """
+    cdef int code = _op_code(_BINARY, op, "binary")
+    cdef int typenum = _check_pair(a, b)
+    _check_threads(nthreads)
+    cdef Plan p
+    cdef cnp.npy_intp dims[MAXDIMS]
+    cdef int nd = _plan(&p, (a.shape, b.shape), dims)
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    cdef void* pa = cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef void* pb = cnp.PyArray_DATA(<cnp.ndarray>b)
+    cdef void* po = cnp.PyArray_DATA(out)
+    if p.size == 0:
+        return out
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _binary(code, <const float*>pa, <const float*>pb, <float*>po, &p, nthreads)
+        else:
+            _binary(code, <const double*>pa, <const double*>pb, <double*>po, &p, nthreads)
+    return out
+
+
+def compare(str op, a, b, int nthreads=1):
+    """Bool array op(a, b) with numpy broadcasting.
+
+    Parameters
+    ----------
+    op : str
+        lt, le, gt, ge, eq or ne (NaN compares unequal to everything, as in numpy).
+    a, b : ndarray
+        C-contiguous, both float32 or both float64; shapes broadcast.
+    nthreads : int
+        OpenMP threads (>= 1).
+
+    Returns
+    -------
+    ndarray of bool, C-contiguous, the broadcast shape.
+    """
+    cdef int code = _op_code(_COMPARE, op, "compare")
+    cdef int typenum = _check_pair(a, b)
+    _check_threads(nthreads)
+    cdef Plan p
+    cdef cnp.npy_intp dims[MAXDIMS]
+    cdef int nd = _plan(&p, (a.shape, b.shape), dims)
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_BOOL, 0)
+    cdef void* pa = cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef void* pb = cnp.PyArray_DATA(<cnp.ndarray>b)
+    cdef npy_bool_t* po = <npy_bool_t*>cnp.PyArray_DATA(out)
+    if p.size == 0:
+        return out
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _compare(code, <const float*>pa, <const float*>pb, po, &p, nthreads)
+        else:
+            _compare(code, <const double*>pa, <const double*>pb, po, &p, nthreads)
+    return out
+
+
+def where(cond, a, b, int nthreads=1):
+    """out = a where cond else b, broadcasting all three.
+
+    Parameters
+    ----------
+    cond : ndarray of bool, C-contiguous
+    a, b : ndarray
+        C-contiguous, both float32 or both float64.
+    nthreads : int
+        OpenMP threads (>= 1).
+
+    Returns
+    -------
+    ndarray of the inputs' dtype and the broadcast shape of (cond, a, b).
+    """
+    if not isinstance(cond, np.ndarray):
+        raise TypeError(f"cond: expected a numpy.ndarray, got {type(cond).__name__}")
+    if cnp.PyArray_TYPE(<cnp.ndarray>cond) != cnp.NPY_BOOL:
+        raise TypeError(f"cond: expected dtype bool, got {cond.dtype}")
+    if not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>cond):
+        raise ValueError(f"cond: expected a C-contiguous array, got shape {cond.shape} "
+                         f"with strides {cond.strides}")
+    cdef int typenum = _check_pair(a, b)
+    _check_threads(nthreads)
+    cdef Plan p
+    cdef cnp.npy_intp dims[MAXDIMS]
+    cdef int nd = _plan(&p, (cond.shape, a.shape, b.shape), dims)
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    cdef const npy_bool_t* pc = <const npy_bool_t*>cnp.PyArray_DATA(<cnp.ndarray>cond)
+    cdef void* pa = cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef void* pb = cnp.PyArray_DATA(<cnp.ndarray>b)
+    cdef void* po = cnp.PyArray_DATA(out)
+    if p.size == 0:
+        return out
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _where(pc, <const float*>pa, <const float*>pb, <float*>po, &p, nthreads)
+        else:
+            _where(pc, <const double*>pa, <const double*>pb, <double*>po, &p, nthreads)
+    return out
+
+
+def unary(str op, a, int nthreads=1):
+    """out = op(a) elementwise.
+
+    Parameters
+    ----------
+    op : str
+        neg, exp, log, sqrt, relu, sigmoid, tanh or abs. float32 exp/sigmoid/tanh
+        use the vectorised fastmath.h versions (about 1-2 ulp); float64 uses libm.
+    a : ndarray
+        C-contiguous float32 or float64.
+    nthreads : int
+        OpenMP threads (>= 1).
+
+    Returns
+    -------
+    ndarray, new, same shape and dtype as a.
+    """
+    cdef int code = _op_code(_UNARY, op, "unary")
+    cdef int typenum = _check_float(a, "a")
+    _check_threads(nthreads)
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(arr.ndim, cnp.PyArray_DIMS(arr), typenum, 0)
+    cdef idx_t size = cnp.PyArray_SIZE(arr)
+    cdef void* pa = cnp.PyArray_DATA(arr)
+    cdef void* po = cnp.PyArray_DATA(out)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _unary(code, <const float*>pa, <float*>po, size, nthreads)
+        else:
+            _unary(code, <const double*>pa, <double*>po, size, nthreads)
+    return out
+
+
+def pow_scalar(a, double p, int nthreads=1):
+    """out = a ** p for a Python float p (cast to a's dtype first, as numpy does).
+
+    Parameters
+    ----------
+    a : ndarray
+        C-contiguous float32 or float64.
+    p : float
+    nthreads : int
+        OpenMP threads (>= 1).
+
+    Returns
+    -------
+    ndarray, new, same shape and dtype as a.
+    """
+    cdef int typenum = _check_float(a, "a")
+    _check_threads(nthreads)
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(arr.ndim, cnp.PyArray_DIMS(arr), typenum, 0)
+    cdef idx_t size = cnp.PyArray_SIZE(arr)
+    cdef void* pa = cnp.PyArray_DATA(arr)
+    cdef void* po = cnp.PyArray_DATA(out)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _pow_scalar(<const float*>pa, <float>p, <float*>po, size, nthreads)
+        else:
+            _pow_scalar(<const double*>pa, p, <double*>po, size, nthreads)
+    return out
+
+
+def clip(a, lo, hi, int nthreads=1):
+    """out = minimum(maximum(a, lo), hi), numpy's clip.
+
+    Parameters
+    ----------
+    a : ndarray
+        C-contiguous float32 or float64.
+    lo, hi : float or None
+        None means no bound on that side. NaN in a stays NaN; lo > hi gives hi.
+    nthreads : int
+        OpenMP threads (>= 1).
+
+    Returns
+    -------
+    ndarray, new, same shape and dtype as a.
+    """
+    cdef int typenum = _check_float(a, "a")
+    _check_threads(nthreads)
+    # NOTE: maximum(x, -inf) == x for every x (NaN, -inf and -0 included), so None is +-inf
+    cdef double dlo = -INFINITY if lo is None else float(lo)
+    cdef double dhi = INFINITY if hi is None else float(hi)
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(arr.ndim, cnp.PyArray_DIMS(arr), typenum, 0)
+    cdef idx_t size = cnp.PyArray_SIZE(arr)
+    cdef void* pa = cnp.PyArray_DATA(arr)
+    cdef void* po = cnp.PyArray_DATA(out)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _clip(<const float*>pa, <float>dlo, <float>dhi, <float*>po, size, nthreads)
+        else:
+            _clip(<const double*>pa, dlo, dhi, <double*>po, size, nthreads)
+    return out

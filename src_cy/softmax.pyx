@@ -1,0 +1,248 @@
+# cython: language_level=3
+"""Softmax and log-softmax along one axis.
+
+The input is seen as (outer, n, inner) with the softmax over n. inner == 1 (the
+last axis, or trailing dims of size 1) runs row by row over contiguous memory;
+otherwise blocks of up to BLOCK adjacent columns are processed together so the
+loops stay contiguous along `inner`. Each row or column block is done start to
+finish by one thread, with its sums in float64 lanes combined in a fixed order,
+so results do not depend on the thread count.
+"""
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.math cimport exp, log
+
+import numpy as np
+
+from fastmath cimport tb_expf
+from tb_types cimport idx_t, real
+
+cnp.import_array()
+
+cdef enum:
+    LANES = 16       # float64 partial sums along a row (vectorisable, fixed order)
+    MAX_WIDTH = 256  # running maxima along a row
+    BLOCK = 64   # columns processed together when the axis is not the last
+
+
+cdef inline real _maximum(real x, real y) noexcept nogil:
+    # numpy's maximum: NaN in either operand gives NaN (so a NaN row stays NaN)
+    return x if (x >= y or x != x) else y
+
+
+cdef inline real _exp(real x) noexcept nogil:
+    if real is float:
+        return tb_expf(x)
+    else:
+        return exp(x)
+
+
+# ---------------------------------------------------------------- contiguous rows
+
+cdef real _row_max(const real* x, idx_t n, real* scratch) noexcept nogil:
+    """max(x[:n]) for n >= 1, using scratch[:min(n, MAX_WIDTH)].
+
+    w running maxima are updated chunk by chunk, then halved pairwise. Every step
+    is a plain elementwise loop of runtime length, which gcc vectorises.
+    """
+    # NOTE: a fixed-size lane array would be fully unrolled and then left scalar
+    # (the NaN-propagating select defeats SLP); runtime-length loops are if-converted.
+    cdef idx_t w = min(n, <idx_t>MAX_WIDTH), j, k, h
+    for k in range(w):
+        scratch[k] = x[k]
+    j = w
+    while j < n:
+        h = min(w, n - j)
+        for k in range(h):
+            scratch[k] = _maximum(scratch[k], x[j + k])
+        j += h
+    while w > 1:
+        h = w // 2
+        w -= h
+        for k in range(h):
+            scratch[k] = _maximum(scratch[k], scratch[k + w])
+    return scratch[0]
+
+
+cdef double _row_sum(const real* e, idx_t n) noexcept nogil:
+    """sum(e[:n]) in float64, LANES partial sums added in a fixed order."""
+    cdef double lane[LANES]
+    cdef double s = 0
+    cdef idx_t j, jb, nv = n - n % LANES
+    cdef int k
+    for k in range(LANES):
+        lane[k] = 0
+    for jb in range(nv // LANES):
+        j = jb * LANES
+        for k in range(LANES):
+            lane[k] += e[j + k]
+    for k in range(LANES):
+        s += lane[k]
+    for j in range(nv, n):
+        s += e[j]
+    return s
+
+
+cdef void _softmax_row(const real* x, real* o, idx_t n, bint log_out) noexcept nogil:
+    # softmax:     o = exp(x - m) / s,           m = max(x), s = sum(exp(x - m))
+    # log_softmax: o = (x - m) - log(s)
+    # NOTE: x - m <= 0, so exp never overflows (logits of 1e4 are fine), and s >= 1.
+    cdef idx_t j
+    cdef real m = _row_max(x, n, o)  # o is scratch until the exp pass
+    cdef double s, inv, c
+    for j in range(n):
+        o[j] = _exp(x[j] - m)
+    s = _row_sum(o, n)
+    if log_out:
+        c = log(s)
+        for j in range(n):
+            o[j] = <real>((<double>x[j] - <double>m) - c)
+    else:
+        inv = 1.0 / s
+        for j in range(n):
+            o[j] = <real>(o[j] * inv)
+
+
+# ---------------------------------------------------------------- strided columns
+
+cdef void _softmax_cols(const real* x, real* o, idx_t n, idx_t inner, idx_t w,
+                        bint log_out) noexcept nogil:
+    """Softmax over n for w <= BLOCK adjacent columns: element (i, k) is x[i * inner + k]."""
+    cdef real m[BLOCK]
+    cdef double s[BLOCK]
+    cdef idx_t i, k
+    cdef const real* xi
+    cdef real* oi
+    for k in range(w):
+        m[k] = x[k]
+        s[k] = 0
+    for i in range(1, n):
+        xi = x + i * inner
+        for k in range(w):
+            m[k] = _maximum(m[k], xi[k])
+    for i in range(n):
+        xi = x + i * inner
+        oi = o + i * inner
+        for k in range(w):
+            oi[k] = _exp(xi[k] - m[k])
+            s[k] += oi[k]
+    if log_out:
+        for k in range(w):
+            s[k] = log(s[k])
+        for i in range(n):
+            xi = x + i * inner
+            oi = o + i * inner
+            for k in range(w):
+                oi[k] = <real>((<double>xi[k] - <double>m[k]) - s[k])
+    else:
+        for k in range(w):
+            s[k] = 1.0 / s[k]
+        for i in range(n):
+            oi = o + i * inner
+            for k in range(w):
+                oi[k] = <real>(oi[k] * s[k])
+
+
+cdef void _softmax(const real* x, real* o, idx_t outer, idx_t n, idx_t inner, bint log_out,
+                   int nthreads) noexcept nogil:
+    cdef idx_t r, t, b, nblk, ntasks
+    if inner == 1:
+        if nthreads <= 1:
+            for r in range(outer):
+                _softmax_row(x + r * n, o + r * n, n, log_out)
+        else:
+            for r in prange(outer, num_threads=nthreads, schedule='static'):
+                _softmax_row(x + r * n, o + r * n, n, log_out)
+        return
+    # task t = (outer index r, column block b); each task owns its output columns
+    nblk = (inner + BLOCK - 1) // BLOCK
+    ntasks = outer * nblk
+    if nthreads <= 1:
+        for t in range(ntasks):
+            r = t // nblk
+            b = t % nblk * BLOCK
+            _softmax_cols(x + r * n * inner + b, o + r * n * inner + b, n, inner,
+                          min(<idx_t>BLOCK, inner - b), log_out)
+    else:
+        for t in prange(ntasks, num_threads=nthreads, schedule='static'):
+            r = t // nblk
+            b = t % nblk * BLOCK
+            _softmax_cols(x + r * n * inner + b, o + r * n * inner + b, n, inner,
+                          min(<idx_t>BLOCK, inner - b), log_out)
+
+
+# ---------------------------------------------------------------- Python wrappers
+
+cdef object _run(object a, int axis, int nthreads, bint log_out):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"a: expected a numpy.ndarray, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef int typenum = cnp.PyArray_TYPE(arr)
+    if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not cnp.PyArray_ISNOTSWAPPED(arr):
+        raise TypeError(f"a: expected dtype float32 or float64 (native byte order), got {a.dtype}")
+    if not cnp.PyArray_ISCARRAY_RO(arr):
+        raise ValueError(f"a: expected a C-contiguous aligned array, got shape {a.shape} "
+                         f"with strides {a.strides}")
+    cdef int ndim = arr.ndim
+    if not 0 <= axis < ndim:
+        raise ValueError(f"axis: expected 0 <= axis < {ndim} for shape {a.shape}, got {axis}")
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
+    cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(arr)
+    cdef idx_t outer = 1, inner = 1, n = dims[axis]
+    cdef int d
+    for d in range(axis):
+        outer *= dims[d]
+    for d in range(axis + 1, ndim):
+        inner *= dims[d]
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(ndim, dims, typenum, 0)
+    cdef void* px = cnp.PyArray_DATA(arr)
+    cdef void* po = cnp.PyArray_DATA(out)
+    if outer * n * inner == 0:
+        return out
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _softmax(<const float*>px, <float*>po, outer, n, inner, log_out, nthreads)
+        else:
+            _softmax(<const double*>px, <double*>po, outer, n, inner, log_out, nthreads)
+    return out
+
+
+def softmax(a, int axis, int nthreads=1):
+    """exp(a - max) / sum(exp(a - max)) along `axis`.
+
+    Parameters
+    ----------
+    a : ndarray
+        C-contiguous float32 or float64, ndim >= 1.
+    axis : int
+        0 <= axis < a.ndim.
+    nthreads : int
+        OpenMP threads (>= 1), decided by the caller.
+
+    Returns
+    -------
+    ndarray, new, same shape and dtype as a. Stable for logits of any magnitude
+    (the row max is subtracted; sums are float64). A row holding NaN or +inf is all NaN.
+    """
+    return _run(a, axis, nthreads, False)
+
+
+def log_softmax(a, int axis, int nthreads=1):
+    """(a - max) - log(sum(exp(a - max))) along `axis`.
+
+    Parameters
+    ----------
+    a : ndarray
+        C-contiguous float32 or float64, ndim >= 1.
+    axis : int
+        0 <= axis < a.ndim.
+    nthreads : int
+        OpenMP threads (>= 1).
+
+    Returns
+    -------
+    ndarray, new, same shape and dtype as a; a - max and the log-sum are formed in
+    float64 and rounded once.
+    """
+    return _run(a, axis, nthreads, True)
