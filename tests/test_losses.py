@@ -13,6 +13,15 @@ import tinygrad_bn as tb
 from tinygrad_bn.nn import functional as F
 from tinygrad_bn.testing import assert_allclose, gradcheck, gradgradcheck
 
+
+def import_torch():
+    """torch, or skip. Single-threaded: on a busy 2-core machine its OpenMP pool costs
+    ~60 ms a call on these tiny tensors, against ~0.1 ms on one thread."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return torch
+
+
 REDUCTIONS = ["mean", "sum", "none"]
 
 
@@ -147,7 +156,7 @@ def test_cross_entropy_accepts_int_tensor_and_list_labels():
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @given(case=classification(), s=smoothing)
 def test_cross_entropy_matches_torch(reduction, case, s):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     z, y = case
     zt = tb.Tensor(z, requires_grad=True)
     loss = F.cross_entropy(zt, y, reduction=reduction, label_smoothing=s)
@@ -232,7 +241,7 @@ def test_nll_loss_gradient_picks_the_labels():
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_nll_loss_matches_torch(reduction):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((6, 5)), rng.integers(0, 5, 6)
     xs, xt = tb.Tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
@@ -291,7 +300,7 @@ def test_mse_loss_gradient_is_two_diff_over_n():
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_mse_loss_matches_torch(reduction):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     rng = np.random.default_rng(5)
     p, t = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
     ps, pt = tb.Tensor(p, requires_grad=True), torch.tensor(p, requires_grad=True)
@@ -367,7 +376,7 @@ def test_bce_with_logits_is_stable_at_1e4(dtype):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @given(case=binary())
 def test_bce_with_logits_matches_torch(reduction, case):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     z, t = case
     zs, zt = tb.Tensor(z, requires_grad=True), torch.tensor(z, requires_grad=True)
     ours = F.binary_cross_entropy_with_logits(zs, tb.Tensor(t), reduction=reduction)

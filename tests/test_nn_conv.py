@@ -20,6 +20,14 @@ from tinygrad_bn.nn import functional as F
 from tinygrad_bn.testing import assert_allclose, gradcheck, gradgradcheck
 
 
+def import_torch():
+    """torch, or skip. Single-threaded: on a busy 2-core machine its OpenMP pool costs
+    ~60 ms a call on these tiny tensors, against ~0.1 ms on one thread."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return torch
+
+
 # ---------------------------------------------------------------- numpy references
 def out_size(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
@@ -331,7 +339,7 @@ def test_conv2d_with_mixed_dtypes_promotes_to_float64(x_dtype, w_dtype):
 # ---------------------------------------------------------------- against torch
 @given(conv_cases(nd=2))
 def test_conv2d_matches_torch_forward_and_backward(case):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x, w, b, kw, rkw = case
     ours = conv_inputs(x, w, b)
     theirs = [torch.tensor(t.numpy(), requires_grad=True) for t in ours]
@@ -347,7 +355,7 @@ def test_conv2d_matches_torch_forward_and_backward(case):
 
 @given(conv_cases(nd=1))
 def test_conv1d_matches_torch_forward_and_backward(case):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x, w, b, kw, _ = case
     ours = conv_inputs(x, w, b)
     theirs = [torch.tensor(t.numpy(), requires_grad=True) for t in ours]
@@ -362,7 +370,7 @@ def test_conv1d_matches_torch_forward_and_backward(case):
 
 
 def _pool_vs_torch(ours_fn, torch_fn, x, kw):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     xs, xt = T(x), torch.tensor(x, requires_grad=True)
     y, yt = ours_fn(xs, **kw), torch_fn(xt, **kw)
     g = np.random.default_rng(0).standard_normal(y.shape)
@@ -374,21 +382,21 @@ def _pool_vs_torch(ours_fn, torch_fn, x, kw):
 
 @given(pool_cases(nd=2))
 def test_max_pool2d_matches_torch(case):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x, kw, _ = case
     _pool_vs_torch(F.max_pool2d, torch.nn.functional.max_pool2d, x, kw)
 
 
 @given(pool_cases(nd=1))
 def test_max_pool1d_matches_torch(case):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x, kw, _ = case
     _pool_vs_torch(F.max_pool1d, torch.nn.functional.max_pool1d, x, kw)
 
 
 @given(pool_cases(nd=2, max_pool=False))
 def test_avg_pool2d_matches_torch(case):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x, kw, _ = case
     _pool_vs_torch(F.avg_pool2d, torch.nn.functional.avg_pool2d, x, kw)
 
@@ -396,7 +404,7 @@ def test_avg_pool2d_matches_torch(case):
 @given(pool_cases(nd=2), st.integers(0, 2**32 - 1))
 def test_max_pool2d_with_ties_matches_torch(case, seed):
     # a few distinct integer values: many windows hold tied maxima
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x, kw, _ = case
     x = np.random.default_rng(seed).integers(0, 3, x.shape).astype(np.float64)
     _pool_vs_torch(F.max_pool2d, torch.nn.functional.max_pool2d, x, kw)
@@ -443,7 +451,7 @@ def test_conv_modules_compute_the_functional():
 
 
 def test_conv2d_module_matches_torch_with_loaded_weights():
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     theirs = torch.nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)).double()
     ours = nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), dtype=np.float64)
     ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})

@@ -18,6 +18,14 @@ from tinygrad_bn.testing import assert_allclose, gradcheck, gradgradcheck
 from tinygrad_bn.testing import strategies as tbst
 
 
+def import_torch():
+    """torch, or skip. Single-threaded: on a busy 2-core machine its OpenMP pool costs
+    ~60 ms a call on these tiny tensors, against ~0.1 ms on one thread."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return torch
+
+
 # ---------------------------------------------------------------- strategies
 @st.composite
 def linear_cases(draw, max_side=4):
@@ -154,7 +162,7 @@ def test_linear_with_mixed_dtypes_promotes_to_float64(x_dtype, w_dtype):
 
 
 def test_linear_matches_torch_forward_and_backward():
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     rng = np.random.default_rng(2)
     x, w, b = rng.standard_normal((6, 5)), rng.standard_normal((4, 5)), rng.standard_normal(4)
     g = rng.standard_normal((6, 4))
@@ -169,7 +177,7 @@ def test_linear_matches_torch_forward_and_backward():
 
 
 def test_linear_module_loads_torch_weights_and_agrees():
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     theirs = torch.nn.Linear(5, 3).double()
     ours = nn.Linear(5, 3, dtype=np.float64)
     ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
@@ -231,7 +239,7 @@ def test_sigmoid_and_tanh_are_finite_and_saturate_at_large_inputs(dtype):
     ("leaky_3", "leaky_relu", {"negative_slope": 3.0}),
 ])
 def test_activation_matches_torch(name, torch_name, kwargs):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x = np.random.default_rng(0).uniform(-4, 4, (3, 5))
     g = np.random.default_rng(1).standard_normal((3, 5))
     xs = tb.Tensor(x, requires_grad=True)
@@ -292,7 +300,7 @@ def test_flatten_default_keeps_the_batch_dim_and_passes_gradient_back():
 
 
 def test_flatten_matches_torch():
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x = np.random.default_rng(0).standard_normal((2, 3, 1, 4))
     for args in [(), (0,), (1, 2), (-2, -1), (2,)]:
         ours = nn.Flatten(*args)(tb.Tensor(x))
@@ -396,7 +404,7 @@ def test_calculate_gain_matches_torch_table(nonlinearity, param):
         "leaky_relu": math.sqrt(2 / (1 + (0.01 if param is None else param) ** 2)),
     }[nonlinearity]
     assert init.calculate_gain(nonlinearity, param) == pytest.approx(expected, rel=1e-12)
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     assert init.calculate_gain(nonlinearity, param) == pytest.approx(
         torch.nn.init.calculate_gain(nonlinearity, param), rel=1e-12)
 

@@ -14,6 +14,14 @@ import tinygrad_bn as tb
 from tinygrad_bn import nn
 
 
+def import_torch():
+    """torch, or skip. Single-threaded: on a busy 2-core machine its OpenMP pool costs
+    ~60 ms a call on these tiny tensors, against ~0.1 ms on one thread."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return torch
+
+
 class Net(nn.Module):
     """A user-defined module whose attributes are set in a deliberate order."""
 
@@ -344,7 +352,7 @@ def test_repr_of_nested_sequential_matches_torch_layout():
 
 
 def test_repr_is_identical_to_torch():
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     ours = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Sigmoid(), nn.Sequential(nn.LeakyReLU(0.2), nn.Identity()))
     theirs = torch.nn.Sequential(
         torch.nn.Linear(3, 4, bias=False), torch.nn.Sigmoid(),

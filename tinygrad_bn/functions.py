@@ -331,7 +331,7 @@ class GetItem(Function):
 
     def forward(self, x):
         self.in_shape = x.shape
-        return np.ascontiguousarray(x[self.index])
+        return np.asarray(x[self.index], order="C")
 
     def backward(self, g):
         return ScatterAdd.apply(g, index=self.index, shape=self.in_shape)
@@ -344,7 +344,7 @@ class ScatterAdd(Function):
     def forward(self, g):
         # Flat position in `shape` of every element picked by index, in g's layout.
         positions = np.arange(math.prod(self.shape), dtype=np.int64).reshape(self.shape)[self.index]
-        return kernels.scatter_add(self.shape, np.ascontiguousarray(positions), g)
+        return kernels.scatter_add(self.shape, np.asarray(positions, order="C"), g)
 
     def backward(self, gz):
         return GetItem.apply(gz, index=self.index)

@@ -437,7 +437,7 @@ class Tensor:
             out = np.asarray(np.argmax(self.data, axis=axis))
         if keepdims and axis is not None:
             out = np.expand_dims(out, axis)
-        return Tensor._make(np.ascontiguousarray(out, dtype=np.int64), None, False)
+        return Tensor._make(np.asarray(out, dtype=np.int64, order="C"), None, False)
 
     def argmin(self, axis=None, keepdims=False):
         """int64 index of the (first) minimum. Not differentiable."""
@@ -569,7 +569,7 @@ class Tensor:
         int Tensors, bool masks. The backward scatter-adds (repeated indices accumulate)."""
         idx = _normalise_index(idx)
         if self.dtype not in _FLOATS:
-            return Tensor._make(np.ascontiguousarray(self.data[idx]), None, False)
+            return Tensor._make(np.asarray(self.data[idx], order="C"), None, False)
         return F.GetItem.apply(self, index=idx)
 
     # ---------------------------------------------------------------- linear algebra
@@ -692,7 +692,7 @@ def where(cond, x, y):
         a, b = x._operands(y)
     else:
         b, a = y._operands(x)
-    cond_arr = np.ascontiguousarray(cond_arr)
+    cond_arr = np.asarray(cond_arr, order="C")
     try:
         np.broadcast_shapes(cond_arr.shape, a.shape, b.shape)
     except ValueError:

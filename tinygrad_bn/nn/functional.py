@@ -4,7 +4,14 @@ import numpy as np
 
 from ..grad_mode import no_grad
 from ..random import generator
-from ..tensor import Tensor, _FLOATS
+from ..tensor import Tensor, _FLOATS, stack, where
+
+
+def _promote(x, w):
+    """Mixed float32/float64 operands compute in float64 (DESIGN's promotion rule)."""
+    if x.dtype != w.dtype:
+        return x.to(np.float64), w.to(np.float64)
+    return x, w
 
 # ------------------------------------------------------------------ activations
 
@@ -23,8 +30,8 @@ def tanh(x):
 
 
 def leaky_relu(x, negative_slope=0.01):
-    """x where x > 0 else negative_slope * x."""
-    return x.maximum(x * negative_slope) if negative_slope <= 1 else x.minimum(x * negative_slope)
+    """x where x > 0 else negative_slope * x (gradient negative_slope at 0, as torch)."""
+    return where(x > 0, x, x * negative_slope)
 
 
 def softmax(x, axis=-1):
@@ -51,8 +58,9 @@ def linear(x, weight, bias=None):
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"linear: expected bias of shape ({weight.shape[0]},), got {bias.shape}")
     from ..functions import MatMul  # the transpose is a GEMM flag, not a copy
+    x, weight = _promote(x, weight)
     x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
-    y = MatMul.apply(x2, weight.to(x.dtype) if weight.dtype != x.dtype else weight, tb=True)
+    y = MatMul.apply(x2, weight, tb=True)
     if bias is not None:
         y = y + bias
     return y.reshape(x.shape[:-1] + (weight.shape[0],)) if x.ndim != 2 else y
@@ -104,7 +112,7 @@ def _labels_array(labels, n, num_classes, name="cross_entropy"):
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
             raise IndexError(f"{name}: label {bad} is out of range for {num_classes} classes (expected 0 <= label < {num_classes})")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return np.asarray(arr, dtype=np.int64, order="C")
 
 
 def nll_loss(log_probs, labels, reduction="mean"):
@@ -152,13 +160,18 @@ def mse_loss(pred, target, reduction="mean"):
 
 
 def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
-    """-(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))), computed stably as
-    max(z, 0) - z t + log(1 + exp(-|z|))."""
+    """-(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))).
+
+    NOTE: log sigmoid(z) = log_softmax([0, z])[1] and log(1 - sigmoid(z)) =
+    log_softmax([0, z])[0]: stable for |z| = 1e4 and with the exact gradient
+    sigmoid(z) - t everywhere (the max(z, 0) + log(1 + e^-|z|) form has kinks whose
+    one-sided derivatives give -t instead of 0.5 - t at z = 0)."""
     _check_reduction(reduction)
     target = target if isinstance(target, Tensor) else Tensor(target, dtype=logits.dtype)
     if logits.shape != target.shape:
         raise ValueError(f"binary_cross_entropy_with_logits: logits have shape {logits.shape} but target has shape {target.shape}")
-    loss = logits.relu() - logits * target + ((-logits.abs()).exp() + 1.0).log()
+    log_p = stack([logits * 0.0, logits], axis=-1).log_softmax(-1)  # [..., 0]: log(1-p), [..., 1]: log p
+    loss = -(target * log_p[..., 1] + (1.0 - target) * log_p[..., 0])
     return _reduce(loss, reduction)
 
 
@@ -312,7 +325,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
     if weight.ndim != 4:
         raise ValueError(f"conv2d: expected 4-D weight (O, C, kh, kw), got shape {weight.shape}")
     args = dict(stride=_pair("stride", stride), padding=_pair("padding", padding), dilation=_pair("dilation", dilation))
-    weight = weight.to(x.dtype)
+    x, weight = _promote(x, weight)
     inputs = (x, weight) if bias is None else (x, weight, bias.to(x.dtype))
     return Conv2d.apply(*inputs, **args)
 

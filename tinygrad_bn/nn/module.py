@@ -143,8 +143,11 @@ class Module:
             yield m
 
     def named_children(self):
+        """(name, child) for each direct child; a child registered twice appears once."""
+        seen = set()
         for name, child in self._modules.items():
-            if child is not None:
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
                 yield name, child
 
     def children(self):
@@ -214,15 +217,20 @@ class Module:
         """OrderedDict of dotted name -> Tensor for every parameter and persistent buffer.
         The Tensors share memory with the module (as torch's do)."""
         out = OrderedDict()
-        for prefix, module in self.named_modules():
-            dot = f"{prefix}." if prefix else ""
-            for name, p in module._parameters.items():
-                if p is not None:
-                    out[dot + name] = p.detach()
-            for name, b in module._buffers.items():
-                if b is not None and name not in module._non_persistent:
-                    out[dot + name] = b.detach()
+        self._save_to_state_dict(out, "")
         return out
+
+    def _save_to_state_dict(self, out, prefix):
+        # Every path is kept (a module registered twice is saved under both names, as torch).
+        for name, p in self._parameters.items():
+            if p is not None:
+                out[prefix + name] = p.detach()
+        for name, b in self._buffers.items():
+            if b is not None and name not in self._non_persistent:
+                out[prefix + name] = b.detach()
+        for name, child in self._modules.items():
+            if child is not None:
+                child._save_to_state_dict(out, f"{prefix}{name}.")
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy values (Tensors or numpy arrays) into this module's parameters and buffers.
