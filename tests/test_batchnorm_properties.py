@@ -125,8 +125,9 @@ def _atol(inputs):
     return _rtol(inputs) * inputs[-1].M
 
 
-def _batch_norm(x, case, impl, weight=None, bias=None, training=True):
-    return F.batch_norm(x, None, None, weight, bias, training=training, eps=case.eps, impl=impl)
+def _batch_norm(x, case, impl, weight=None, bias=None):
+    """Batch statistics, no running stats."""
+    return F.batch_norm(x, None, None, weight, bias, training=True, eps=case.eps, impl=impl)
 
 
 # ============================================================== 1. fused == composed
@@ -147,13 +148,27 @@ def test_fused_batchnorm_matches_composed():
 
 
 # ============================================================== 2. gradcheck / gradgradcheck
+# Shrunk counterexamples, pinned (they failed on test tolerances, not on the library):
+# M = 2 with two close values, |mean| / std ~ 2e5: a 1e-6 finite-difference step drowns in rounding.
+_CLOSE_PAIR = Case(np.array([[2048.12573, -0.132104863, 0.64042265], [2048.10490, -0.535669373, 0.361595055]]),
+                   np.zeros(3), np.zeros(3), 1e-6, 0.0, 0)
+# float32 gamma drawn as 1e-45 (subnormal): y and grad_x round in absolute, not relative, steps.
+_SUBNORMAL_GAMMA = Case(np.array([[0.12573022, -0.13210486, 0.64042264], [0.10490011, -0.5356694, 0.36159506]],
+                                 np.float32), np.array([0, 0, 1e-45], np.float32), np.zeros(3, np.float32), 0.1, 0.0, 0)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @settings(max_examples=8)
 @given(case=batch_norm_cases(dtypes=(np.float64,), max_batch=3, max_channels=3, max_spatial=2))
+@example(case=_CLOSE_PAIR)
 def test_batchnorm_gradcheck_float64(impl, case):
-    """First and second derivatives of both implementations vs central differences
-    (w.r.t. z with x = mean + spread * z, so one step size fits every drawn scale;
-    the upstream gradient is random)."""
+    """First and second derivatives of both implementations vs central differences,
+    under a random upstream gradient.
+
+    NOTE: w.r.t. z with x = mean + spread * z, so one step size fits every drawn scale.
+    The step is 1e-4: in z the third derivatives are O(1), so truncation error is
+    ~1e-9, while rounding x = mean + spread * (z + h) costs ~eps64 r / h, r up to 1e5
+    when M = 2 draws two close values (a 1e-6 step failed there on noise alone)."""
     z, gamma, beta, _ = _in_z(case)
     bn = _batch_norm_of_z(impl)
 
@@ -161,8 +176,8 @@ def test_batchnorm_gradcheck_float64(impl, case):
         return bn(z, gamma, beta, case)[0]
 
     inputs = [tb.Tensor(a, requires_grad=True) for a in (z, gamma, beta)]
-    gradcheck(y_of, inputs, eps=1e-6, atol=1e-5, rtol=1e-3)
-    gradgradcheck(y_of, inputs, eps=1e-6, atol=1e-5, rtol=1e-3)
+    gradcheck(y_of, inputs, eps=1e-4, atol=1e-5, rtol=1e-3)
+    gradgradcheck(y_of, inputs, eps=1e-4, atol=1e-5, rtol=1e-3)
 
 
 # ============================================================== 3. normalised moments
@@ -204,17 +219,13 @@ def test_shift_invariance_per_channel(impl, case, shift_in_spreads):
     def shift(case):
         return np.asarray(c) * case.spread
 
-    def shifted_rtol(inputs):
-        r = np.max((np.abs(case.mean) + np.abs(shift(case))) * case.inv_std)
-        return 16 * case.unit_roundoff * (1 + r)
-
     def y_only(bn):
         return lambda *inputs: bn(*inputs)[0]
 
+    rtol = 16 * case.unit_roundoff * (1 + np.max((np.abs(case.mean) + np.abs(shift(case))) * case.inv_std))
     check_implementations_agree(
         y_only(_batch_norm_of_z(impl, shift=shift)), y_only(_batch_norm_of_z(impl)), _in_z(case),
-        rtol=shifted_rtol, atol=lambda inputs: shifted_rtol(inputs) * case.M, relative_to="max", dtype=None,
-        names=("BN(x + c)", "BN(x)"),
+        rtol=rtol, atol=rtol * case.M, relative_to="max", dtype=None, names=("BN(x + c)", "BN(x)"),
     )
 
 
@@ -255,31 +266,35 @@ def test_scale_invariance_of_linear_then_batchnorm(impl, inputs, eps):
         (plus second gradients);
       - the literal one, with eps = 1e-14 min(1, a^2) min var(Wu) on both sides.
     Tolerance: 1e-9 relative, and 1e-9 of the size of the terms the gradients are made
-    of (|gamma| |v| (|W| in + |u| M) / std, and that again over std for second
-    gradients): with M = 2 the true gradients are O(eps / var) of those terms.
+    of, |gamma| |v| (|W| in + |u| M) / std (and that again times (|W| in + |u| M) / std
+    for second gradients): with M = 2 the true gradients are O(eps / var) of those terms.
     """
     u, w, gamma, _ = inputs
     pre = u @ w.T
     var = pre.reshape(-1, w.shape[0]).var(axis=0)
     m = pre.size // w.shape[0]
     spread = max(float(np.sqrt(var.min())), 1e-300)
-    first_order = (1 + np.abs(gamma).max()) * 5 * (np.abs(w).max() * w.shape[1] + np.abs(u).max() * m) / spread
-    atol = 1e-9 * first_order * (1 + (np.abs(w).max() * w.shape[1] + np.abs(u).max() * m) / spread)
+    reach = (np.abs(w).max() * w.shape[1] + np.abs(u).max() * m) / spread
+    first_atol = 1e-9 * (1 + np.abs(gamma).max()) * 5 * reach  # |v| <= 5
+    second_atol = first_atol * (1 + reach)
     for a in (0.01, 0.1, 10.0, 100.0):
-        check_implementations_agree(
-            _linear_then_batchnorm(impl, a, eps), _linear_then_batchnorm(impl, 1.0, eps / a**2), inputs,
-            rtol=1e-9, atol=atol, relative_to="max", check_gradgrad=True, names=(f"BN(({a}W)u)", "BN(Wu)"),
-        )
-        tiny = 1e-14 * min(1.0, a**2) * float(var.min())
+        scaled, reference = _linear_then_batchnorm(impl, a, eps), _linear_then_batchnorm(impl, 1.0, eps / a**2)
+        names = (f"BN(({a}W)u)", "BN(Wu)")
+        check_implementations_agree(scaled, reference, inputs, rtol=1e-9, atol=first_atol, relative_to="max",
+                                    names=names)
+        check_implementations_agree(scaled, reference, inputs, rtol=1e-9, atol=second_atol, relative_to="max",
+                                    check_gradgrad=True, names=names)
+        tiny = 1e-14 * min(1.0, a**2) * max(float(var.min()), 1e-30)
         check_implementations_agree(
             _linear_then_batchnorm(impl, a, tiny), _linear_then_batchnorm(impl, 1.0, tiny), inputs,
-            rtol=1e-9, atol=atol, relative_to="max", names=(f"BN(({a}W)u)", "BN(Wu)"),
+            rtol=1e-9, atol=first_atol, relative_to="max", names=names,
         )
 
 
 # ============================================================== 7. gradient identities
 @pytest.mark.parametrize("impl", IMPLS)
 @given(case=batch_norm_cases())
+@example(case=_SUBNORMAL_GAMMA)
 def test_grad_x_sums_to_zero_per_channel(impl, case):
     """Per channel: sum_i dx_i = 0 and sum_i dx_i x_hat_i = g s eps/(var + eps) sum_i dy_i x_hat_i
     (s = 1/sqrt(var + eps), x_hat and the right side in float64). Each dx_i is a
@@ -294,10 +309,12 @@ def test_grad_x_sums_to_zero_per_channel(impl, case):
     g, s = case.gamma.astype(np.float64), case.inv_std
     term = np.abs(g) * s * np.abs(grad_y).max()
     tol = 16 * case.unit_roundoff * (1 + case.offset_ratio) * case.M * term
-    np.testing.assert_array_less(np.abs(grad_x.sum(case.axes)), tol + 1e-300)
+    # NOTE: + tiny: gamma may be subnormal in float32 (1e-45), where rounding is absolute
+    tiny = case.M * float(np.finfo(case.dtype).tiny)
+    np.testing.assert_array_less(np.abs(grad_x.sum(case.axes)), tol + tiny)
     lhs = (grad_x * case.x_hat).sum(case.axes)
     rhs = g * s * case.eps / (case.var + case.eps) * (grad_y * case.x_hat).sum(case.axes)
-    np.testing.assert_array_less(np.abs(lhs - rhs), tol * max(1.0, np.abs(case.x_hat).max()) + 1e-300)
+    np.testing.assert_array_less(np.abs(lhs - rhs), (tol + tiny) * max(1.0, np.abs(case.x_hat).max()))
 
 
 # ============================================================== 8. float32 stability
@@ -312,6 +329,7 @@ def _lessons_case():
 @settings(max_examples=15)
 @given(case=batch_norm_cases(dtypes=(np.float32,), max_batch=256, max_spatial=6))
 @example(case=_lessons_case())
+@example(case=_SUBNORMAL_GAMMA)
 def test_float32_stable_for_large_channel_offsets(impl, case):
     """float32 input with |mean|/std up to 1e4, against Algorithm 1 in float64 on the same
     float32 values. Errors are measured relative to |gamma| (x_hat's scale) + |beta|.
@@ -326,7 +344,8 @@ def test_float32_stable_for_large_channel_offsets(impl, case):
     scale = (np.abs(case.gamma.astype(np.float64)) * max(1.0, np.abs(case.x_hat).max()) + np.abs(case.beta)).reshape(
         case.view)
     growth = 1.0 if impl == "fused" else 2 * (1 + case.offset_ratio)
-    tol = 8 * UNIT_ROUNDOFF[np.dtype(np.float32)] * growth * scale
+    # NOTE: + tiny: gamma may be subnormal (1e-45), where float32 rounding is absolute
+    tol = 8 * UNIT_ROUNDOFF[np.dtype(np.float32)] * growth * scale + float(np.finfo(np.float32).tiny)
     err = np.abs(y.astype(np.float64) - y64)
     assert (err <= tol).all(), f"max |y - y64| / tol = {np.max(err / tol)} (r = {case.offset_ratio:.3g})"
 

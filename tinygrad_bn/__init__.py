@@ -10,7 +10,7 @@ from .tensor import (
 )
 from .serialization import load, save
 from .threads import get_num_threads, set_num_threads
-from . import data, optim  # noqa: E402
+from . import data, optim, testing  # noqa: E402
 from . import nn  # noqa: E402  (nn builds on Tensor)
 
 __version__ = "0.1.0"

@@ -4,6 +4,8 @@
     tb.testing.gradgradcheck(fn, inputs)    second derivatives (gradcheck of backward)
     tb.testing.assert_allclose(t, ref)      Tensor vs numpy reference, shape/dtype strict
     tb.testing.GradcheckError               raised by both checks (an AssertionError)
+    tb.testing.check_implementations_agree(f, g, inputs, rtol=, atol=)    two implementations: values, grads, grad-grads
+    tb.testing.assert_implementations_agree(f, g, strategy, rtol=, atol=)  the same over Hypothesis draws
     tb.testing.strategies                   Hypothesis strategies: shapes, arrays, tensors,
                                             broadcastable shapes, batch-norm inputs
 
@@ -12,9 +14,11 @@ Hypothesis (install the `test` extra for it).
 """
 import importlib
 
+from .agreement import DisagreementError, assert_implementations_agree, check_implementations_agree
 from .gradcheck import GradcheckError, assert_allclose, gradcheck, gradgradcheck
 
-__all__ = ["GradcheckError", "assert_allclose", "gradcheck", "gradgradcheck", "strategies"]
+__all__ = ["DisagreementError", "GradcheckError", "assert_allclose", "assert_implementations_agree",
+           "check_implementations_agree", "gradcheck", "gradgradcheck", "strategies"]
 
 
 def __getattr__(name):

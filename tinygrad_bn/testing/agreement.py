@@ -11,6 +11,10 @@ What is compared, with the same random vectors for f and for g:
     second grads     d <u, grad> / d xs[i]          vs  the same for g       (check_gradgrad)
                      d <u, grad> / d v[k]
 
+With check_gradgrad the first gradients are compared twice: from a plain backward
+(what training uses) and from the backward recorded with create_graph=True (which
+a fused Function may compute by another formula).
+
 v is a random standard-normal upstream gradient per output, NOT ones: a plain
 sum hides wrong formulas (the gradient of sum(BN(x)) w.r.t. x is exactly 0).
 u is a random vector per first gradient, so the second derivatives are
@@ -114,29 +118,42 @@ def _compare(a, b, quantity, rtol, atol, relative_to, names):
     )
 
 
+def _arrays(grads, like):
+    return [np.zeros(x.shape, x.dtype) if g is None else g.numpy().copy() for x, g in zip(like, grads)]
+
+
 def _derivatives(outs, inputs, vs, us, check_grad, check_gradgrad):
-    """The outputs, first gradients under vs and second gradients under us, as lists
-    of arrays (None where a derivative is not taken)."""
+    """The outputs and, as lists of arrays (None where not taken):
+    grads           first gradients under vs, as a plain backward computes them;
+    recorded_grads  the same with create_graph=True (a Function may take another
+                    path when its backward is recorded);
+    gradgrads       second gradients under us, w.r.t. the inputs and the vs."""
     leaves = [x for x in inputs if isinstance(x, tb.Tensor) and x.requires_grad]
-    result = {"outputs": [o.numpy().copy() for o in outs], "grads": None, "gradgrads": None, "n_outputs": len(outs)}
+    result = {"outputs": [o.numpy().copy() for o in outs], "grads": None, "recorded_grads": None,
+              "gradgrads": None, "n_outputs": len(outs)}
     if not (check_grad or check_gradgrad) or not leaves:
         return result
     live = [k for k, o in enumerate(outs) if o.requires_grad]
     v_leaves = [tb.Tensor(vs[k].astype(outs[k].dtype), requires_grad=True) for k in range(len(outs))]
-    grads = [None] * len(leaves)
-    if live:
-        grads = list(tb.grad([outs[k] for k in live], leaves, grad_outputs=[v_leaves[k] for k in live],
-                             create_graph=check_gradgrad, allow_unused=True))
-    result["grads"] = [np.zeros(x.shape, x.dtype) if gr is None else gr.numpy().copy() for x, gr in zip(leaves, grads)]
+
+    def first(create_graph):
+        if not live:
+            return [None] * len(leaves)
+        return list(tb.grad([outs[k] for k in live], leaves, grad_outputs=[v_leaves[k] for k in live],
+                            retain_graph=True, create_graph=create_graph, allow_unused=True))
+
+    result["grads"] = _arrays(first(create_graph=False), leaves)
     if not check_gradgrad:
         return result
+    grads = first(create_graph=True)
+    result["recorded_grads"] = _arrays(grads, leaves)
     wrt = leaves + [v_leaves[k] for k in live]
     second = [None] * len(wrt)
     diff = [j for j, gr in enumerate(grads) if gr is not None and gr.requires_grad]
     if diff:
         second = tb.grad([grads[j] for j in diff], wrt,
                          grad_outputs=[tb.Tensor(us[j].astype(grads[j].dtype)) for j in diff], allow_unused=True)
-    result["gradgrads"] = [np.zeros(w.shape, w.dtype) if s is None else s.numpy().copy() for w, s in zip(wrt, second)]
+    result["gradgrads"] = _arrays(second, wrt)
     result["live"] = live
     return result
 
@@ -159,7 +176,8 @@ def check_implementations_agree(f, g, inputs, *, rtol, atol, check_grad=True, ch
     check_grad: compare d<v, outputs>/d input for every input that requires grad,
         v a random standard-normal upstream gradient (one per output, seeded by
         `seed`, in the output's dtype).
-    check_gradgrad: also compare d<u, grad>/d input and d<u, grad>/d v (u random).
+    check_gradgrad: also compare the first gradients taken with create_graph=True,
+        and d<u, grad>/d input and d<u, grad>/d v (u random, one per gradient).
     relative_to: "element" (rtol * |g's value| elementwise) or "max" (rtol *
         max |g's value| over the array).
     names: how f and g are called in the error message.
@@ -191,10 +209,16 @@ def check_implementations_agree(f, g, inputs, *, rtol, atol, check_grad=True, ch
                                 "number of outputs")
     for k, (a, b) in enumerate(zip(rf["outputs"], rg["outputs"])):
         _compare(a, b, f"output {k}", **cmp)
+    if check_grad or check_gradgrad:
+        for k, (a, b) in enumerate(zip(f_outs, g_outs)):
+            if a.requires_grad != b.requires_grad:
+                raise DisagreementError(f"output {k} requires grad in {names[0] if a.requires_grad else names[1]} "
+                                        f"only: the two differ in what their gradients depend on", f"output {k}")
     positions = [i for i, x in enumerate(fin) if isinstance(x, tb.Tensor) and x.requires_grad]
-    if rf["grads"] is not None:
-        for i, a, b in zip(positions, rf["grads"], rg["grads"]):
-            _compare(a, b, f"gradient w.r.t. input {i} of <v, outputs>", **cmp)
+    for key, how in (("grads", ""), ("recorded_grads", " (create_graph=True)")):
+        if rf[key] is not None:
+            for i, a, b in zip(positions, rf[key], rg[key]):
+                _compare(a, b, f"gradient w.r.t. input {i} of <v, outputs>{how}", **cmp)
     if rf["gradgrads"] is not None:
         wrt = [f"input {i}" for i in positions] + [f"the upstream gradient v of output {k}" for k in rf["live"]]
         for what, a, b in zip(wrt, rf["gradgrads"], rg["gradgrads"]):
