@@ -524,6 +524,32 @@ def test_comparisons_are_not_differentiable():
         assert not out.requires_grad
 
 
+# Pinned from shrunk counterexamples of the table tests: 0-d tensors (and 0-d results of
+# indexing and reductions) must stay 0-d through forward and backward.
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: -x, lambda x: x.exp(), lambda x: x.abs(), lambda x: x.clip(-1.0, 1.0), lambda x: x * x,
+        lambda x: tb.maximum(x, x * 0.5), lambda x: tb.minimum(x, x * 0.5), lambda x: tb.where(x > 0, x, -x),
+        lambda x: x.sum(), lambda x: x.reshape(1, 1)[0, -1],
+    ],
+    ids=["neg", "exp", "abs", "clip", "mul", "maximum", "minimum", "where", "sum", "getitem"],
+)
+def test_zero_dim_tensors_stay_zero_dim(fn):
+    x = tb.Tensor(np.array(0.7), requires_grad=True)
+    out = fn(x)
+    assert out.shape == ()
+    out.backward()
+    assert x.grad.shape == ()
+
+
+def test_zero_dim_results_of_indexing_and_argmax():
+    x = tb.Tensor(np.arange(20.0).reshape(4, 5))
+    assert x[1, -2].shape == ()
+    assert x.argmax().shape == ()
+    assert x.argmax().numpy() == 19
+
+
 def test_transpose_and_T_reverse_axes():
     x = np.arange(24.0).reshape(2, 3, 4)
     assert tb.Tensor(x).transpose().shape == (4, 3, 2)

@@ -17,8 +17,9 @@ from .tensor import Tensor
 
 
 def _const(arr):
-    """A constant (non-differentiable) Tensor around an array."""
-    return Tensor._make(arr, None, False)
+    """A constant (non-differentiable) Tensor around an array (numpy scalars from 0-d
+    arithmetic become 0-d arrays)."""
+    return Tensor._make(np.asarray(arr), None, False)
 
 
 def _zero(dtype):
