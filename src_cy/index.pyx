@@ -59,8 +59,9 @@ def scatter_add(shape, positions, values):
         raise TypeError(f"scatter_add: expected positions of dtype int64, got {positions.dtype}")
     if values.dtype not in _FLOATS:
         raise TypeError(f"scatter_add: expected values of dtype float32 or float64, got {values.dtype}")
-    if not positions.flags.c_contiguous or not values.flags.c_contiguous:
-        raise ValueError("scatter_add: expected C-contiguous positions and values")
+    if not (positions.flags.c_contiguous and values.flags.c_contiguous
+            and positions.flags.aligned and values.flags.aligned):
+        raise ValueError("scatter_add: expected aligned C-contiguous positions and values")
     if positions.size != values.size:
         raise ValueError(f"scatter_add: expected positions and values of the same size, "
                          f"got {positions.size} and {values.size}")
@@ -169,7 +170,7 @@ def contiguous(a, nthreads=1):
         raise TypeError(f"contiguous: expected a numpy.ndarray, got {type(a).__name__}")
     cdef idx_t ndim = a.ndim, item = a.itemsize, ax = -1, d
     if (ndim < 2 or ndim > MAX_DIMS or a.dtype not in _FLOATS or a.size < TILE * TILE
-            or a.flags.c_contiguous or a.strides[ndim - 1] == item):
+            or a.flags.c_contiguous or not a.flags.aligned or a.strides[ndim - 1] == item):
         return np.array(a, order="C", copy=True)
     for d in range(ndim - 1):
         if a.strides[d] == item and a.shape[d] > 1:

@@ -38,6 +38,9 @@ cdef enum:
 cdef enum:
     COL_CHUNK = 1024
     MIN_ROWS = 64
+# Columns per task when the partials of the blocks are combined.
+cdef enum:
+    COMBINE_CHUNK = 256
 
 
 cdef inline idx_t _cdiv(idx_t a, idx_t b) noexcept nogil:
@@ -63,8 +66,9 @@ def _check_array(a, str name):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     if a.dtype not in _FLOATS:
         raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name}: expected a C-contiguous array, got strides {a.strides} for shape {a.shape}")
+    if not (a.flags.c_contiguous and a.flags.aligned):
+        raise ValueError(f"{name}: expected an aligned C-contiguous array, got strides {a.strides} "
+                         f"for shape {a.shape} (aligned: {a.flags.aligned})")
 
 
 def _check_threads(nthreads, str name):
@@ -239,21 +243,38 @@ cdef void _sum_stage(const real[:, :, ::1] x, double[:, ::1] out, double[::1] pa
                   inner - j0 if inner - j0 < width else width, inner, dst)
     if nblk == 1:
         return
-    # out[o, j] = sum over b of part[o, b, j], in block order; vectorised across j
+    # out[o, j] = sum over b of part[o, b, j], in block order; vectorised across j.
+    # Each column's sum does not depend on how columns are split, so narrower chunks
+    # here only spread the work.
+    nchunk = _cdiv(inner, COMBINE_CHUNK)
     for t in prange(outer * nchunk, nogil=True, num_threads=nthreads, schedule='static'):
         o = t // nchunk
-        j0 = (t % nchunk) * width
-        n = inner - j0 if inner - j0 < width else width
+        j0 = (t % nchunk) * COMBINE_CHUNK
+        n = inner - j0 if inner - j0 < COMBINE_CHUNK else COMBINE_CHUNK
         _sum_rows(&part[o * nblk * inner + j0], nblk, n, inner, &out[o, j0])
 
 
-def _part_size(idx_t outer, idx_t R, idx_t inner):
-    """Length of the partials buffer one (outer, R, inner) stage needs."""
-    cdef idx_t width
+cdef idx_t _part_size(idx_t outer, idx_t R, idx_t inner):
+    """Length of the partials buffer one (outer, R, inner) stage needs (0: none)."""
+    cdef idx_t width, nblk
     if inner == 1:
-        return outer * _cdiv(R, ROW_BLOCK)
-    width = inner if inner < COL_CHUNK else COL_CHUNK
-    return outer * _cdiv(R, _rows_per_block(width)) * inner
+        nblk = _cdiv(R, ROW_BLOCK)
+    else:
+        width = inner if inner < COL_CHUNK else COL_CHUNK
+        nblk = _cdiv(R, _rows_per_block(width))
+    return 0 if nblk == 1 else outer * nblk * inner
+
+
+# Stands in for the partials buffer when a stage has a single block (never written).
+_NO_PART64 = np.empty(0, dtype=np.float64)
+_NO_PART32 = np.empty(0, dtype=np.float32)
+
+
+def _partials(idx_t outer, idx_t R, idx_t inner, dtype):
+    cdef idx_t n = _part_size(outer, R, inner)
+    if n == 0:
+        return _NO_PART32 if dtype == np.float32 else _NO_PART64
+    return np.empty(n, dtype=dtype)
 
 
 def sum_axes(a, axes, keepdims, nthreads=1):
@@ -288,7 +309,7 @@ def sum_axes(a, axes, keepdims, nthreads=1):
     cdef double[:, ::1] out
     x = a
     for outer, R, inner in stages:
-        part = np.empty(_part_size(outer, R, inner), dtype=np.float64)
+        part = _partials(outer, R, inner, np.float64)
         res = np.empty((outer, inner), dtype=np.float64)
         out = res
         if x.dtype == np.float32:
@@ -405,10 +426,11 @@ cdef void _extreme_stage(const real[:, :, ::1] x, real[:, ::1] out, real[::1] pa
                       inner - j0 if inner - j0 < width else width, inner, dst, is_max)
     if nblk == 1:
         return
+    nchunk = _cdiv(inner, COMBINE_CHUNK)
     for t in prange(outer * nchunk, nogil=True, num_threads=nthreads, schedule='static'):
         o = t // nchunk
-        j0 = (t % nchunk) * width
-        n = inner - j0 if inner - j0 < width else width
+        j0 = (t % nchunk) * COMBINE_CHUNK
+        n = inner - j0 if inner - j0 < COMBINE_CHUNK else COMBINE_CHUNK
         _extreme_rows(&part[o * nblk * inner + j0], nblk, n, inner, &out[o, j0], is_max)
 
 
@@ -424,7 +446,7 @@ def _extreme(a, axes, keepdims, nthreads, bint is_max, str name):
     cdef const double[:, :, ::1] xd
     x = a
     for outer, R, inner in stages:
-        part = np.empty(_part_size(outer, R, inner), dtype=a.dtype)
+        part = _partials(outer, R, inner, a.dtype)
         res = np.empty((outer, inner), dtype=a.dtype)
         if a.dtype == np.float32:
             xf = x.reshape(outer, R, inner)
@@ -619,17 +641,24 @@ def argmax_axis(a, axis, nthreads=1):
             raise ValueError(f"argmax: expected axis None or an int in [{-a.ndim}, {a.ndim}) "
                              f"for shape {shape}, got {axis!r}")
         axis = int(axis) % a.ndim
-        outer = int(np.prod(shape[:axis]))
+        outer = 1
+        for n in shape[:axis]:
+            outer *= n
         R = shape[axis]
-        inner = int(np.prod(shape[axis + 1:]))
+        inner = 1
+        for n in shape[axis + 1:]:
+            inner *= n
         out_shape = shape[:axis] + shape[axis + 1:]
     res = np.empty((outer, inner), dtype=np.int64)
     if outer * inner == 0:
         return res.reshape(out_shape)
     if R == 0:
         raise ValueError(f"argmax: empty reduced extent (shape {shape}, axis {axis})")
-    pval = np.empty(_part_size(outer, R, inner), dtype=a.dtype)
-    pidx = np.empty(_part_size(outer, R, inner), dtype=np.int64)
+    # argmax always combines its partials (even one block), so it sizes them itself
+    cdef idx_t nblk = _cdiv(R, ROW_BLOCK) if inner == 1 else \
+        _cdiv(R, _rows_per_block(inner if inner < COL_CHUNK else COL_CHUNK))
+    pval = np.empty(outer * nblk * inner, dtype=a.dtype)
+    pidx = np.empty(outer * nblk * inner, dtype=np.int64)
     cdef const float[:, :, ::1] xf
     cdef const double[:, :, ::1] xd
     if a.dtype == np.float32:
