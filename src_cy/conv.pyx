@@ -236,7 +236,7 @@ def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1), num_thread
         stride >= 1, padding >= 0 (zeros), dilation >= 1
     num_threads : int >= 1, OpenMP threads (the result does not depend on it)
     out : optional C-contiguous ndarray of the result's shape and dtype to write into
-        (lets a caller reuse one buffer across batch chunks)
+        (lets a caller reuse one buffer across batch chunks); must not overlap x
 
     Returns
     -------
@@ -276,7 +276,8 @@ def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
     cols : ndarray (N, C*kh*kw, OH*OW), float32 or float64, C-contiguous (im2col's layout)
     x_shape : (N, C, H, W) of the image
     kh, kw, stride, padding, dilation, num_threads : as for im2col
-    out : optional C-contiguous ndarray (x_shape, cols' dtype), overwritten (not added to)
+    out : optional C-contiguous ndarray (x_shape, cols' dtype), overwritten (not added
+        to); must not overlap cols
 
     Returns
     -------

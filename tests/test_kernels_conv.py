@@ -282,6 +282,16 @@ def test_conv2d_backward_computes_only_what_is_needed(case, need_x, need_w, need
             assert p is None
 
 
+@given(conv2d_cases())
+def test_conv2d_grad_input_and_grad_weight_match_backward(case):
+    x, w, _, stride, padding, dilation = case
+    g = np.random.default_rng(8).standard_normal(
+        ck.conv2d_forward(x, w, None, stride, padding, dilation).shape).astype(x.dtype)
+    grad_x, grad_w, _ = ck.conv2d_backward(x, w, g, stride, padding, dilation)
+    assert same_bits(ck.conv2d_grad_input(g, w, x.shape, stride, padding, dilation), grad_x)
+    assert same_bits(ck.conv2d_grad_weight(x, g, w.shape, stride, padding, dilation), grad_w)
+
+
 @given(conv1d_cases())
 def test_conv1d_backward_matches_conv2d_with_unit_height(case):
     x, w, _, s, p, d = case
@@ -494,6 +504,10 @@ BAD_CALLS = [
     (lambda: ck.conv2d_forward(f32, w32, None, 1.5), TypeError, "stride must be an int"),
     (lambda: ck.conv2d_backward(f32, w32, g32[:, :3]), ValueError, r"grad_y must have the output's shape \(2, 4, 3, 3\)"),
     (lambda: ck.conv2d_backward(f32, w32, g32.astype(np.float64)), TypeError, "grad_y"),
+    (lambda: ck.conv2d_grad_input(g32, w32, (2, 3, 5)), ValueError, "x_shape must be a 4-tuple"),
+    (lambda: ck.conv2d_grad_input(g32, w32, (2, 3, 6, 5)), ValueError, "grad_y must have the output's shape"),
+    (lambda: ck.conv2d_grad_weight(f32, g32, (4, 2, 3, 3)), ValueError, "expected input with 2 channels"),
+    (lambda: ck.conv2d_grad_weight(f32, g32, (4, 3, -3, 3)), ValueError, "w_shape must be non-negative"),
     (lambda: ck.conv1d_forward(f32, w32), ValueError, "3-D"),
     (lambda: ck.conv1d_forward(x1d, w1d, None, 1, 0, 3), ValueError, "does not fit along L"),
     (lambda: ck.conv1d_forward(x1d, w1d, None, (1, 1)), ValueError, "sequence of 1"),

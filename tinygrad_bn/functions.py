@@ -515,9 +515,7 @@ class ConvGradInput(Function):
     """grad_x = d<gy, conv(x, w)>/dx: col2im of w^T gy (linear in gy and in w)."""
 
     def forward(self, gy, w):
-        x_placeholder = np.empty(self.x_shape, dtype=gy.dtype)  # only its shape is read
-        return conv_kernels.conv2d_backward(x_placeholder, w, gy, self.stride, self.padding, self.dilation,
-                                            need_x=True, need_w=False, need_b=False)[0]
+        return conv_kernels.conv2d_grad_input(gy, w, self.x_shape, self.stride, self.padding, self.dilation)
 
     def backward(self, u):
         gy, w = self.inputs
@@ -531,9 +529,7 @@ class ConvGradWeight(Function):
     """grad_w = d<gy, conv(x, w)>/dw: sum over the batch of gy im2col(x)^T."""
 
     def forward(self, x, gy):
-        w_placeholder = np.empty(self.w_shape, dtype=x.dtype)  # only its shape is read
-        return conv_kernels.conv2d_backward(x, w_placeholder, gy, self.stride, self.padding, self.dilation,
-                                            need_x=False, need_w=True, need_b=False)[1]
+        return conv_kernels.conv2d_grad_weight(x, gy, self.w_shape, self.stride, self.padding, self.dilation)
 
     def backward(self, u):
         x, gy = self.inputs
@@ -564,9 +560,12 @@ class MaxPool2dGrad(Function):
         return conv_kernels.max_pool2d_backward(g, self.argmax, self.x_shape)
 
     def backward(self, u):
+        # argmax is -1 for a window made only of padding: it received nothing, reads 0.
         n, c, h, w = self.x_shape
         plane = (np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
-        return u.reshape(-1)[plane + self.argmax]
+        picked = u.reshape(-1)[plane + np.maximum(self.argmax, 0)]
+        empty = self.argmax < 0
+        return _where(empty, _zero(u.dtype), picked) if empty.any() else picked
 
 
 class AvgPool2d(Function):
