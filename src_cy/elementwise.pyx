@@ -91,6 +91,8 @@ cdef int _plan(Plan* p, tuple shapes, cnp.npy_intp* dims) except -1:
             if d < off:
                 continue
             sz = s[d - off]
+            if sz < 0:
+                raise ValueError(f"expected non-negative dimensions, got shape {tuple(s)}")
             if sz != 1:
                 full_stride[k][d] = acc
                 if dims[d] == 1:
@@ -390,8 +392,15 @@ cdef inline void _where_row(const npy_bool_t* c, idx_t sc, const real* a, idx_t 
                             const real* b, idx_t sb, real* o, idx_t n) noexcept nogil:
     # o[i] = a[i * sa] if c[i * sc] else b[i * sb]
     cdef idx_t i
+    cdef real x, y
     if sc == 1 and sa == 1 and sb == 1:
         for i in range(n): o[i] = a[i] if c[i] else b[i]
+    elif sc == 1 and sa == 1 and sb == 0:  # where(mask, x, 0)
+        y = b[0]
+        for i in range(n): o[i] = a[i] if c[i] else y
+    elif sc == 1 and sa == 0 and sb == 1:
+        x = a[0]
+        for i in range(n): o[i] = x if c[i] else b[i]
     else:
         for i in range(n): o[i] = a[i * sa] if c[i * sc] else b[i * sb]
 

@@ -140,8 +140,8 @@ def test_where_matches_numpy_exactly(operands, data):
     np.testing.assert_array_equal(got, want)
 
 
-def test_binary_broadcast_does_not_need_expanded_operand():
-    # (N, 1) x (1, M) outer product and a 0-d operand on either side
+def test_binary_broadcasts_outer_product_and_0d_operands():
+    # (N, 1) x (1, M) outer product (both operands step 0 somewhere) and 0-d operands
     a = np.arange(3.0).reshape(3, 1)
     b = np.arange(4.0).reshape(1, 4)
     np.testing.assert_array_equal(kernels.binary("mul", a, b), a * b)
