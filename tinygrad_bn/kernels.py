@@ -5,14 +5,13 @@ float64; the Tensor layer has already promoted mixed operands) and returns a new
 C-contiguous array. Broadcasting is handled here without materialising the
 expanded operand. Nothing here knows about Tensor or autograd.
 """
-import numpy as np
+from ._C import batchnorm as _batchnorm
 from ._C import elementwise as _elementwise
 from ._C import index as _index
 from ._C import reduce as _reduce
 from ._C import softmax as _softmax
 from .threads import threads_for
 
-# SCAFFOLD: numpy bodies, replaced by the Cython kernels (src_cy/) in this session.
 
 def binary(op, a, b):
     """out = op(a, b) with numpy broadcasting. op: add sub mul div pow maximum minimum."""
@@ -99,17 +98,14 @@ def batch_norm_train(x, weight, bias, running_mean, running_var, momentum, eps):
     """Fused training forward on x (N, C) or (N, C, L). weight/bias/running_*: (C,)
     arrays of x's dtype or None; running stats are updated in place when given.
     Returns (y, mean, inv_std) with mean/inv_std float64 (C,)."""
-    from ._C import batchnorm
-    return batchnorm.forward_train(x, weight, bias, running_mean, running_var, momentum, eps, threads_for(x.size))
+    return _batchnorm.forward_train(x, weight, bias, running_mean, running_var, momentum, eps, threads_for(x.size))
 
 
 def batch_norm_eval(x, weight, bias, running_mean, running_var, eps):
     """Fused inference forward: one affine map per channel from the running stats."""
-    from ._C import batchnorm
-    return batchnorm.forward_eval(x, weight, bias, running_mean, running_var, eps, threads_for(x.size))
+    return _batchnorm.forward_eval(x, weight, bias, running_mean, running_var, eps, threads_for(x.size))
 
 
 def batch_norm_backward(x, grad_y, mean, inv_std, weight):
     """Fused backward: returns (grad_x, grad_gamma, grad_beta)."""
-    from ._C import batchnorm
-    return batchnorm.backward(x, grad_y, mean, inv_std, weight, threads_for(x.size))
+    return _batchnorm.backward(x, grad_y, mean, inv_std, weight, threads_for(x.size))
