@@ -2,7 +2,10 @@
 kernel); `backward` works on Tensors, so the backward pass is itself recorded
 when create_graph=True and higher-order gradients come for free."""
 from .grad_mode import is_grad_enabled
+from .grad_mode import state as _grad
 from .tensor import Tensor
+
+_make = Tensor._make
 
 
 class Function:
@@ -25,18 +28,20 @@ class Function:
     @classmethod
     def apply(cls, *inputs, **attrs):
         """Run forward on the inputs' arrays; record the node if any input requires grad."""
-        fn = cls.__new__(cls)
+        # NOTE: this runs for every op of every step; it is kept to a few attribute
+        # reads (toy nets are dominated by per-op Python cost, not by kernels).
+        fn = object.__new__(cls)
         if attrs:
             fn.__dict__.update(attrs)
         out = fn.forward(*[t.data for t in inputs])
-        if is_grad_enabled():
+        if _grad.enabled:
             needs = tuple([t.requires_grad for t in inputs])
             if True in needs:
                 fn.inputs = inputs
                 fn.needs_input_grad = needs
                 fn.out_data = out
-                return Tensor._make(out, fn, True)
-        return Tensor._make(out, None, False)
+                return _make(out, fn, True)
+        return _make(out, None, False)
 
     def output(self):
         """The forward result as a Tensor. Differentiable (it is this node's output)

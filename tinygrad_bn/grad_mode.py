@@ -3,18 +3,22 @@ affect another's."""
 import functools
 import threading
 
-_state = threading.local()
+class _State(threading.local):
+    enabled = True  # class default: every new thread starts with grad enabled
+
+
+state = _State()  # Function.apply reads state.enabled directly (hot path)
 
 
 def is_grad_enabled():
     """True unless the calling thread is inside no_grad (or backward without create_graph)."""
-    return getattr(_state, "enabled", True)
+    return state.enabled
 
 
 def set_grad_enabled(mode):
     """Turn graph recording on or off for the calling thread; returns the previous mode."""
-    prev = getattr(_state, "enabled", True)
-    _state.enabled = bool(mode)
+    prev = state.enabled
+    state.enabled = bool(mode)
     return prev
 
 
