@@ -270,3 +270,146 @@ def log_softmax(a, int axis, int nthreads=1):
     -log(sum) are both <= 0, so their sum never cancels. Sums are float64.
     """
     return _run(a, axis, nthreads, True)
+
+
+# ---------------------------------------------------------------- cross-entropy (fused)
+
+cdef enum:
+    CE_CHUNK = 256  # exp values buffered on the stack per step along a row
+
+
+cdef double _row_logsumexp(const real* x, idx_t n) noexcept nogil:
+    """m + log(sum(exp(x - m))), m = max(x): the row's log-partition, in float64."""
+    cdef real buf[CE_CHUNK]
+    cdef real m = _row_max(x, n, buf)
+    cdef double s = 0
+    cdef idx_t j0, j, h
+    j0 = 0
+    while j0 < n:
+        h = min(<idx_t>CE_CHUNK, n - j0)
+        # NOTE: the exp loop stays alone (a sum in the same loop stops gcc vectorising it)
+        for j in range(h):
+            buf[j] = _exp(x[j0 + j] - m)
+        s += _row_sum(buf, h)
+        j0 += h
+    return m + log(s)
+
+
+cdef void _ce_forward(const real* x, const long long* labels, real* loss, double* lse,
+                      idx_t N, idx_t C, double smoothing, int nthreads) noexcept nogil:
+    # loss_i = (1 - s) (lse_i - x[i, y_i]) + s (lse_i - mean_j x[i, j]),  lse_i = log sum_j exp x[i, j]
+    cdef idx_t i
+    cdef double l, mean_x
+    for i in prange(N, num_threads=nthreads, schedule='static'):
+        l = _row_logsumexp(x + i * C, C)
+        lse[i] = l
+        mean_x = _row_sum(x + i * C, C) / C if smoothing != 0 else 0.0
+        loss[i] = <real>((1.0 - smoothing) * (l - x[i * C + labels[i]]) + smoothing * (l - mean_x))
+
+
+cdef void _ce_backward(const real* x, const long long* labels, const double* lse, const real* grad_loss,
+                       real* grad_x, idx_t N, idx_t C, double smoothing, int nthreads) noexcept nogil:
+    # grad_x[i, j] = grad_loss_i * (softmax(x)[i, j] - (1 - s) [j == y_i] - s / C)
+    # NOTE: lse is split as hi + lo in the logits' dtype: for float32 logits of 1e4 a
+    # single rounding of lse would be off by ~1e-3 and so would every probability;
+    # (x - hi) is exact where it matters (x close to hi) and lo restores the rest.
+    cdef idx_t i, j
+    cdef real g, shift, hi, lo
+    for i in prange(N, num_threads=nthreads, schedule='static'):
+        g = grad_loss[i]
+        hi = <real>lse[i]
+        lo = <real>(lse[i] - hi)
+        shift = <real>(smoothing / C)
+        for j in range(C):
+            grad_x[i * C + j] = g * (_exp((x[i * C + j] - hi) - lo) - shift)
+        grad_x[i * C + labels[i]] -= g * <real>(1.0 - smoothing)
+
+
+cdef _check_ce_args(logits, labels, double smoothing):
+    if not isinstance(logits, np.ndarray):
+        raise TypeError(f"logits: expected a numpy.ndarray, got {type(logits).__name__}")
+    if logits.dtype not in (np.float32, np.float64) or not logits.dtype.isnative:
+        raise TypeError(f"logits: expected dtype float32 or float64, got {logits.dtype}")
+    if logits.ndim != 2 or not logits.flags.c_contiguous or not logits.flags.aligned:
+        raise ValueError(f"logits: expected a C-contiguous (N, C) array, got shape {logits.shape}")
+    if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or labels.shape != (logits.shape[0],) \
+            or not labels.flags.c_contiguous:
+        raise ValueError(f"labels: expected a C-contiguous int64 array of shape ({logits.shape[0]},), got "
+                         f"{getattr(labels, 'dtype', type(labels).__name__)} {getattr(labels, 'shape', '')}")
+    if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise IndexError(f"label {bad} is out of range for {logits.shape[1]} classes")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"label_smoothing: expected 0 <= s <= 1, got {smoothing}")
+    if logits.shape[1] == 0 and logits.shape[0] > 0:
+        raise ValueError("logits: expected at least one class, got shape {logits.shape}")
+
+
+def cross_entropy_forward(logits, labels, double label_smoothing=0.0, int nthreads=1):
+    """Per-row softmax cross-entropy, fused (log-softmax and the pick in one pass).
+
+    Parameters
+    ----------
+    logits : C-contiguous float32/float64 ndarray (N, C)
+    labels : C-contiguous int64 ndarray (N,), each in [0, C)
+    label_smoothing : float in [0, 1] (torch's definition)
+    nthreads : int >= 1
+
+    Returns
+    -------
+    loss : ndarray (N,) in logits' dtype
+    lse : float64 ndarray (N,), log(sum(exp(logits))) per row, for the backward
+    Raises TypeError / ValueError / IndexError (a label out of range) before any work.
+    """
+    _check_ce_args(logits, labels, label_smoothing)
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
+    cdef idx_t N = logits.shape[0], C = logits.shape[1]
+    loss = np.empty(N, dtype=logits.dtype)
+    lse = np.empty(N, dtype=np.float64)
+    cdef cnp.ndarray x_arr = logits, lab_arr = labels, loss_arr = loss, lse_arr = lse
+    cdef const long long* lp = <const long long*>cnp.PyArray_DATA(lab_arr)
+    cdef double* sp = <double*>cnp.PyArray_DATA(lse_arr)
+    cdef void* xp = cnp.PyArray_DATA(x_arr)
+    cdef void* op = cnp.PyArray_DATA(loss_arr)
+    if N == 0:
+        return loss, lse
+    with nogil:
+        if cnp.PyArray_TYPE(x_arr) == cnp.NPY_FLOAT32:
+            _ce_forward(<const float*>xp, lp, <float*>op, sp, N, C, label_smoothing, nthreads)
+        else:
+            _ce_forward(<const double*>xp, lp, <double*>op, sp, N, C, label_smoothing, nthreads)
+    return loss, lse
+
+
+def cross_entropy_backward(logits, labels, lse, grad_loss, double label_smoothing=0.0, int nthreads=1):
+    """grad_logits[i, j] = grad_loss[i] * (softmax(logits)[i, j] - (1 - s)[j == labels[i]] - s / C).
+
+    logits, labels, label_smoothing as in cross_entropy_forward; lse: its float64 (N,)
+    output; grad_loss: C-contiguous (N,) array in logits' dtype. Returns (N, C).
+    """
+    _check_ce_args(logits, labels, label_smoothing)
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
+    cdef idx_t N = logits.shape[0], C = logits.shape[1]
+    if not isinstance(lse, np.ndarray) or lse.dtype != np.float64 or lse.shape != (N,) or not lse.flags.c_contiguous:
+        raise ValueError(f"lse: expected a C-contiguous float64 array of shape ({N},)")
+    if not isinstance(grad_loss, np.ndarray) or grad_loss.dtype != logits.dtype or grad_loss.shape != (N,) \
+            or not grad_loss.flags.c_contiguous:
+        raise ValueError(f"grad_loss: expected a C-contiguous {logits.dtype} array of shape ({N},)")
+    grad = np.empty_like(logits)
+    cdef cnp.ndarray x_arr = logits, lab_arr = labels, lse_arr = lse, g_arr = grad_loss, out_arr = grad
+    cdef const long long* lp = <const long long*>cnp.PyArray_DATA(lab_arr)
+    cdef const double* sp = <const double*>cnp.PyArray_DATA(lse_arr)
+    cdef void* xp = cnp.PyArray_DATA(x_arr)
+    cdef void* gp = cnp.PyArray_DATA(g_arr)
+    cdef void* op = cnp.PyArray_DATA(out_arr)
+    if N == 0:
+        return grad
+    with nogil:
+        if cnp.PyArray_TYPE(x_arr) == cnp.NPY_FLOAT32:
+            _ce_backward(<const float*>xp, lp, sp, <const float*>gp, <float*>op, N, C, label_smoothing, nthreads)
+        else:
+            _ce_backward(<const double*>xp, lp, sp, <const double*>gp, <double*>op, N, C, label_smoothing,
+                         nthreads)
+    return grad

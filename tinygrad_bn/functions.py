@@ -416,6 +416,28 @@ class LogSoftmax(Function):
 
 
 # ============================================================== fused
+class CrossEntropy(Function):
+    """loss_i = (1 - s)(lse_i - x[i, y_i]) + s (lse_i - mean_j x[i, j]), lse_i = log sum_j e^x[i, j]
+    (labels y and smoothing s are attributes). One fused kernel each way:
+    grad_x = g_i (softmax(x)_ij - (1 - s)[j == y_i] - s / C). When the backward pass is
+    itself recorded (create_graph) the same formula runs in Tensor ops, so higher
+    derivatives are exact."""
+
+    def forward(self, x):
+        loss, self.lse = kernels.cross_entropy_forward(x, self.labels, self.smoothing)
+        return loss
+
+    def backward(self, g):
+        x = self.inputs[0]
+        n, c = x.shape
+        if _recording():  # create_graph=True: differentiable formula
+            target = np.full((n, c), self.smoothing / c, dtype=x.dtype)
+            target[np.arange(n), self.labels] += 1.0 - self.smoothing
+            return (x.softmax(1) - _const(target)) * g.reshape(n, 1)
+        return _const(kernels.cross_entropy_backward(x.data, self.labels, self.lse,
+                                                     np.asarray(g.data, order="C"), self.smoothing))
+
+
 def _bn_axes(ndim):
     return (0,) + tuple(range(2, ndim))
 

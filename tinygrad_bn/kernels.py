@@ -109,3 +109,16 @@ def batch_norm_eval(x, weight, bias, running_mean, running_var, eps):
 def batch_norm_backward(x, grad_y, mean, inv_std, weight):
     """Fused backward: returns (grad_x, grad_gamma, grad_beta)."""
     return _batchnorm.backward(x, grad_y, mean, inv_std, weight, threads_for(x.size))
+
+
+# ------------------------------------------------------------------ cross-entropy (src_cy/softmax.pyx)
+def cross_entropy_forward(logits, labels, label_smoothing):
+    """Fused per-row softmax cross-entropy of logits (N, C) against int64 labels (N,).
+    Returns (loss (N,), lse float64 (N,))."""
+    return _softmax.cross_entropy_forward(logits, labels, label_smoothing, threads_for(logits.size))
+
+
+def cross_entropy_backward(logits, labels, lse, grad_loss, label_smoothing):
+    """grad_logits = grad_loss[:, None] * (softmax(logits) - (1 - s) onehot(labels) - s / C)."""
+    return _softmax.cross_entropy_backward(logits, labels, lse, grad_loss, label_smoothing,
+                                           threads_for(logits.size))

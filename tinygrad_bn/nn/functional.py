@@ -140,12 +140,14 @@ def cross_entropy(logits, labels, reduction="mean", label_smoothing=0.0):
         raise ValueError(f"cross_entropy: expected logits of shape (N, C), got {logits.shape}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if logits.dtype not in _FLOATS:
+        raise TypeError(f"cross_entropy: logits must be float32 or float64, got dtype {logits.dtype}")
     n, c = logits.shape
     lab = _labels_array(labels, n, c)
-    logp = logits.log_softmax(axis=1)
-    loss = -logp[np.arange(n), lab]
-    if label_smoothing:
-        loss = loss * (1.0 - label_smoothing) - logp.mean(axis=1) * label_smoothing
+    if c == 0:
+        raise ValueError(f"cross_entropy: logits have no classes (shape {logits.shape})")
+    from ..functions import CrossEntropy  # fused log-softmax + pick, forward and backward
+    loss = CrossEntropy.apply(logits, labels=lab, smoothing=float(label_smoothing))
     return _reduce(loss, reduction)
 
 
