@@ -230,3 +230,25 @@ def test_graph_is_freed_by_reference_counting():
 def test_requires_grad_only_for_floats():
     with pytest.raises(TypeError, match="float"):
         tb.Tensor([1, 2], requires_grad=True)
+
+
+def test_large_gemm_is_independent_of_thread_count():
+    # Large GEMMs are split across threads by rows/batch: every output element must come
+    # from the same single-threaded BLAS computation whatever the split.
+    from tinygrad_bn import blas
+    rng = np.random.default_rng(0)
+    cases = [((600, 300), (300, 400)), ((8, 200, 300), (300, 100)), ((300, 200), (6, 200, 500)),
+             ((4, 300, 200), (4, 200, 300))]
+    before = tb.get_num_threads()
+    try:
+        for sa, sb in cases:
+            a = rng.standard_normal(sa).astype(np.float32)
+            b = rng.standard_normal(sb).astype(np.float32)
+            tb.set_num_threads(1)
+            one = blas.matmul(a, b)
+            tb.set_num_threads(2)
+            two = blas.matmul(a, b)
+            assert np.array_equal(one, two)
+            np.testing.assert_allclose(one, np.matmul(a, b), rtol=1e-5, atol=1e-4)
+    finally:
+        tb.set_num_threads(before)

@@ -165,8 +165,7 @@ def _forward(x, w, b, stride, padding, dilation, OH, OW):
         _conv.im2col(x[n0:n1], kh, kw, stride, padding, dilation,
                      threads_for(cols.size), out=cols)
         # y[n] = w2 @ cols[n]
-        blas.for_gemm(2 * O * K * L * (n1 - n0))
-        np.matmul(w2, cols, out=y3[n0:n1])
+        blas.matmul(w2, cols, out=y3[n0:n1])
     if b is not None:
         y3 += b[:, None]
     return y
@@ -195,14 +194,12 @@ def _backward(x, w, grad_y, stride, padding, dilation, need_x, need_w, need_b):
             if need_w:
                 _conv.im2col(x[n0:n1], kh, kw, stride, padding, dilation, nt, out=cols)
                 # grad_w = sum_n grad_y[n] @ cols[n].T  (fixed order over n: reproducible)
-                blas.for_gemm(2 * O * K * L)
                 for n in range(n0, n1):
                     np.matmul(gy3[n], cols[n - n0].T, out=tmp)
                     grad_w += tmp
             if need_x:
                 # grad_cols[n] = w2.T @ grad_y[n]; grad_x[n] = col2im(grad_cols[n])
-                blas.for_gemm(2 * O * K * L * (n1 - n0))
-                np.matmul(w2t, gy3[n0:n1], out=cols)
+                blas.matmul(w2t, gy3[n0:n1], out=cols)
                 _conv.col2im(cols, (n1 - n0, C, H, W), kh, kw, stride, padding, dilation,
                              nt, out=grad_x[n0:n1])
     elif need_x:

@@ -376,10 +376,7 @@ class MatMul(Function):
     tb = False
 
     def forward(self, a, b):
-        a = a.swapaxes(-1, -2) if self.ta else a
-        b = b.swapaxes(-1, -2) if self.tb else b
-        blas.for_gemm(2 * a.size * b.shape[-1] * (b.size // (b.shape[-1] * b.shape[-2]) if a.ndim == 2 else 1))
-        return np.matmul(a, b)
+        return blas.matmul(a.swapaxes(-1, -2) if self.ta else a, b.swapaxes(-1, -2) if self.tb else b)
 
     def backward(self, g):
         a, b = self.inputs
