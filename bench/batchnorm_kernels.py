@@ -7,8 +7,14 @@ Compares, per shape and thread count, training-mode forward and forward+backward
 GB/s counts the minimum traffic: forward reads x and writes y (8 B per float32 value),
 forward+backward also reads grad_y and writes grad_x (16 B per float32 value).
 
+Functions are timed in interleaved batches and the minimum is reported by default: on a
+shared machine the least disturbed batch is the most repeatable figure (--stat median
+for the median). --runs K repeats the whole table K times, --pause seconds apart, and
+keeps each cell's minimum over the runs (for a machine that is busy in spells).
+
     python bench/batchnorm_kernels.py                 # the five reference shapes, 1 and 2 threads
     python bench/batchnorm_kernels.py --threads 2 --shapes 8x16x224x224 --dtype float64
+    python bench/batchnorm_kernels.py --runs 5 --pause 60
 """
 import argparse
 import glob
@@ -82,6 +88,61 @@ def numpy_backward(centred, grad_y, inv_std, weight):
     return grad_x, inv_std * sum_dy_xmu, grad_beta
 
 
+def measure(bnk, torch, F, shape_s, threads, dt, args, stat, rng):
+    """{(threads, name): seconds} for one shape; names: ours fwd, ours f+b, numpy f+b,
+    torch fwd, torch f+b."""
+    shape = tuple(int(v) for v in shape_s.split("x"))
+    C = shape[1]
+    eps = 1e-5
+    x4 = rng.standard_normal(shape, dtype=np.float32).astype(dt) * 2 + 3
+    dy4 = rng.standard_normal(shape, dtype=np.float32).astype(dt)
+    x = x4.reshape(shape[:2] + ((int(np.prod(shape[2:])),) if len(shape) > 2 else ()))
+    dy = dy4.reshape(x.shape)
+    x3 = x if x.ndim == 3 else x[:, :, None]
+    dy3 = dy if dy.ndim == 3 else dy[:, :, None]
+    w = rng.standard_normal(C).astype(dt)
+    b = rng.standard_normal(C).astype(dt)
+    rm = np.zeros(C, dt)
+    rv = np.ones(C, dt)
+    out = {}
+    if not args.no_numpy:
+        def np_fwd_bwd():
+            y, mean, inv_std, centred = numpy_forward(x3, w, b, eps)
+            numpy_backward(centred, dy3, inv_std, w)
+        out[(1, "numpy f+b")] = race([np_fwd_bwd], 3, stat)[0]
+    for nt in threads:
+        def fwd():
+            return bnk.forward_train(x, w, b, rm, rv, 0.1, eps, nt)
+
+        def fwd_bwd():
+            y, mean, inv_std = bnk.forward_train(x, w, b, rm, rv, 0.1, eps, nt)
+            bnk.backward(x, dy, mean, inv_std, w, nt)
+
+        fns = {"ours fwd": fwd, "ours f+b": fwd_bwd}
+        if torch is not None:
+            torch.set_num_threads(nt)
+            tx = torch.from_numpy(x4.copy()).requires_grad_(True)
+            tdy = torch.from_numpy(dy4.copy())
+            tw = torch.from_numpy(w.copy()).requires_grad_(True)
+            tb = torch.from_numpy(b.copy()).requires_grad_(True)
+            trm = torch.zeros(C, dtype=tx.dtype)
+            trv = torch.ones(C, dtype=tx.dtype)
+
+            def t_fwd():
+                with torch.no_grad():
+                    F.batch_norm(tx, trm, trv, tw, tb, training=True, momentum=0.1, eps=eps)
+
+            def t_fwd_bwd():
+                tx.grad = tw.grad = tb.grad = None
+                y = F.batch_norm(tx, trm, trv, tw, tb, training=True, momentum=0.1, eps=eps)
+                y.backward(tdy)
+
+            fns.update({"torch fwd": t_fwd, "torch f+b": t_fwd_bwd})
+        for name, t in zip(fns, race(list(fns.values()), args.repeats, stat)):
+            out[(nt, name)] = t
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
@@ -92,83 +153,55 @@ def main():
     ap.add_argument("--repeats", type=int, default=9, help="timed batches per function")
     ap.add_argument("--stat", default="min", choices=["min", "median"],
                     help="min (default: the least disturbed batch on a shared machine) or median")
+    ap.add_argument("--runs", type=int, default=1, help="repeat the table; keep each cell's minimum")
+    ap.add_argument("--pause", type=float, default=0.0, help="seconds between runs")
     args = ap.parse_args()
 
     bnk = load_kernels()
-    try:
-        if args.no_torch:
-            raise ImportError
-        import torch
-        import torch.nn.functional as F
-    except ImportError:
-        torch = None
+    torch = F = None
+    if not args.no_torch:
+        try:
+            import torch
+            import torch.nn.functional as F
+        except ImportError:
+            pass
     stat = min if args.stat == "min" else statistics.median
     dt = np.dtype(args.dtype)
-    rng = np.random.default_rng(0)
-    eps = 1e-5
-    cols = ["shape", "thr", "ours fwd", "ours f+b", "GB/s f+b"]
+    threads = [int(t) for t in args.threads.split(",")]
+    shapes = args.shapes.split(",")
+    best = {}
+    for run in range(args.runs):
+        if run:
+            time.sleep(args.pause)
+        for shape_s in shapes:
+            res = measure(bnk, torch, F, shape_s, threads, dt, args, stat, np.random.default_rng(0))
+            for key, t in res.items():
+                best[(shape_s,) + key] = min(t, best.get((shape_s,) + key, float("inf")))
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               "?") if os.path.exists("/proc/cpuinfo") else "?"
+    load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else "?"
+    cols = ["shape", "thr", "ours fwd", "GB/s fwd", "ours f+b", "GB/s f+b"]
     if not args.no_numpy:
         cols += ["numpy f+b"]
     if torch is not None:
         cols += ["torch fwd", "torch f+b", "ours/torch f+b"]
-    print(f"# dtype {dt}, ms ({args.stat} of {args.repeats} interleaved batches); GB/s = {4 * dt.itemsize} B/value (read x, dy; write y, dx) / f+b time")
+    print(f"# {cpu}; dtype {dt}; ms, {args.stat} of {args.repeats} interleaved batches"
+          f"{f', min over {args.runs} runs' if args.runs > 1 else ''}; load average at end {' '.join(load)}")
+    print(f"# GB/s: fwd {2 * dt.itemsize} B/value (read x, write y), f+b {4 * dt.itemsize} B/value "
+          "(read x, grad_y; write y, grad_x)")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
-    for shape_s in args.shapes.split(","):
-        shape = tuple(int(v) for v in shape_s.split("x"))
-        C = shape[1]
-        x4 = rng.standard_normal(shape, dtype=np.float32).astype(dt) * 2 + 3
-        dy4 = rng.standard_normal(shape, dtype=np.float32).astype(dt)
-        x = x4.reshape(shape[:2] + ((int(np.prod(shape[2:])),) if len(shape) > 2 else ()))
-        dy = dy4.reshape(x.shape)
-        x3 = x if x.ndim == 3 else x[:, :, None]
-        dy3 = dy if dy.ndim == 3 else dy[:, :, None]
-        w = rng.standard_normal(C).astype(dt)
-        b = rng.standard_normal(C).astype(dt)
-        rm = np.zeros(C, dt)
-        rv = np.ones(C, dt)
-        nbytes = x.size * dt.itemsize
-        np_fb = None
-        if not args.no_numpy:
-            def np_fwd_bwd():
-                y, mean, inv_std, centred = numpy_forward(x3, w, b, eps)
-                numpy_backward(centred, dy3, inv_std, w)
-            np_fb = race([np_fwd_bwd], 3, stat)[0]
-        for nt in [int(t) for t in args.threads.split(",")]:
-            def fwd():
-                return bnk.forward_train(x, w, b, rm, rv, 0.1, eps, nt)
-
-            def fwd_bwd():
-                y, mean, inv_std = bnk.forward_train(x, w, b, rm, rv, 0.1, eps, nt)
-                bnk.backward(x, dy, mean, inv_std, w, nt)
-
-            fns = [fwd, fwd_bwd]
-            if torch is not None:
-                torch.set_num_threads(nt)
-                tx = torch.from_numpy(x4.copy()).requires_grad_(True)
-                tdy = torch.from_numpy(dy4.copy())
-                tw = torch.from_numpy(w.copy()).requires_grad_(True)
-                tb = torch.from_numpy(b.copy()).requires_grad_(True)
-                trm = torch.zeros(C, dtype=tx.dtype)
-                trv = torch.ones(C, dtype=tx.dtype)
-
-                def t_fwd():
-                    with torch.no_grad():
-                        F.batch_norm(tx, trm, trv, tw, tb, training=True, momentum=0.1, eps=eps)
-
-                def t_fwd_bwd():
-                    tx.grad = tw.grad = tb.grad = None
-                    y = F.batch_norm(tx, trm, trv, tw, tb, training=True, momentum=0.1, eps=eps)
-                    y.backward(tdy)
-
-                fns += [t_fwd, t_fwd_bwd]
-            res = race(fns, args.repeats, stat)
-            t_f, t_fb = res[:2]
-            row = [shape_s, str(nt), f"{t_f * 1e3:.3f}", f"{t_fb * 1e3:.3f}", f"{4 * nbytes / t_fb / 1e9:.1f}"]
+    for shape_s in shapes:
+        n = int(np.prod([int(v) for v in shape_s.split("x")]))
+        for nt in threads:
+            t_f, t_fb = best[(shape_s, nt, "ours fwd")], best[(shape_s, nt, "ours f+b")]
+            row = [shape_s, str(nt), f"{t_f * 1e3:.3f}", f"{2 * n * dt.itemsize / t_f / 1e9:.1f}",
+                   f"{t_fb * 1e3:.3f}", f"{4 * n * dt.itemsize / t_fb / 1e9:.1f}"]
             if not args.no_numpy:
-                row.append(f"{np_fb * 1e3:.2f}" if nt == 1 else "-")
+                row.append(f"{best[(shape_s, 1, 'numpy f+b')] * 1e3:.2f}" if nt == 1 else "-")
             if torch is not None:
-                tt_f, tt_fb = res[2:]
+                tt_f, tt_fb = best[(shape_s, nt, "torch fwd")], best[(shape_s, nt, "torch f+b")]
                 row += [f"{tt_f * 1e3:.3f}", f"{tt_fb * 1e3:.3f}", f"{t_fb / tt_fb:.2f}"]
             print("| " + " | ".join(row) + " |", flush=True)
 

@@ -245,7 +245,9 @@ def test_every_layout_matches_reference(shape, dtype):
     assert_within(grad_beta, ref["grad_beta"], rtol * np.abs(ref["grad_beta"]).max(), "grad_beta")
 
 
-@pytest.mark.parametrize("shape", [(4096, 130), (300, 1100), (64, 40, 7), (32, 16, 196), (3, 2, 40000)])
+# plane shapes cover both schedules: whole channels per thread, and memory order (C = 3, 5)
+@pytest.mark.parametrize("shape", [(4096, 130), (300, 1100), (64, 40, 7), (32, 16, 196), (3, 2, 40000),
+                                   (6, 3, 300), (2, 5, 20000)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kernel_independent_of_thread_count(shape, dtype):
     rng = np.random.default_rng(3)
@@ -261,6 +263,29 @@ def test_kernel_independent_of_thread_count(shape, dtype):
         grads = bnk.backward(x, dy, mean, inv_std, w, nt)
         ev = bnk.forward_eval(x, w, b, rm, rv, 1e-5, nt)
         results.append([a.tobytes() for a in (y, mean, inv_std, rm, rv, *grads, ev)])
+    for other in results[1:]:
+        assert other == results[0]
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 300), (2, 5, 20000), (16, 8, 500), (3, 7, 64)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_schedules_give_identical_bits(shape, dtype):
+    """Planes in memory order and whole channels per thread compute the same partials."""
+    rng = np.random.default_rng(8)
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 2 - 7).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    results = []
+    for schedule in (1, 2):
+        previous = bnk._set_schedule(schedule)
+        try:
+            for nt in (1, 2):
+                y, mean, inv_std = bnk.forward_train(x, w, None, None, None, None, 1e-3, nt)
+                grads = bnk.backward(x, dy, mean, inv_std, w, nt)
+                results.append([a.tobytes() for a in (y, mean, inv_std, *grads)])
+        finally:
+            bnk._set_schedule(previous)
     for other in results[1:]:
         assert other == results[0]
 
@@ -348,12 +373,16 @@ def _readonly(a):
 TRAIN_ERRORS = [
     # (argument, bad value, exception, message fragment)
     ("x", [[1.0, 2.0], [3.0, 4.0]], TypeError, "numpy.ndarray"),
-    ("x", np.ones((5, 4, 3), np.int64), TypeError, "float32 or float64, got int64"),
-    ("x", np.ones((5, 4, 3), np.float16), TypeError, "float32 or float64, got float16"),
+    ("x", np.ones((5, 4, 3), np.int64), TypeError, "float32 or float64.*got int64"),
+    ("x", np.ones((5, 4, 3), np.float16), TypeError, "float32 or float64.*got float16"),
     ("x", np.ones(4, np.float32), ValueError, "got 1-D"),
     ("x", np.ones((5, 4, 3, 2), np.float32), ValueError, "got 4-D"),
     ("x", np.ones((5, 8, 3), np.float32)[:, ::2], ValueError, "C-contiguous"),
     ("x", np.ones((3, 4, 5), np.float32).transpose(2, 1, 0), ValueError, "C-contiguous"),
+    ("x", np.ones((5, 4, 3), ">f4"), TypeError, "native byte order"),
+    ("x", np.frombuffer(bytearray(4 * 60 + 1), np.float32, 60, 1).reshape(5, 4, 3), ValueError, "aligned"),
+    ("weight", np.ones(4, ">f4"), TypeError, "weight must have dtype float32"),
+    ("running_var", np.frombuffer(bytearray(17), np.float32, 4, 1), ValueError, "aligned"),
     ("weight", np.ones(4, np.float64), TypeError, r"dtype float32 \(matching x\), got float64"),
     ("weight", np.ones(5, np.float32), ValueError, r"shape \(4,\).*got \(5,\)"),
     ("weight", np.ones((4, 1), np.float32), ValueError, r"shape \(4,\)"),
