@@ -1,4 +1,6 @@
 """show_config(): what the kernels were built with and how they will run."""
+import os
+
 import numpy as np
 
 from . import threads
@@ -28,6 +30,7 @@ def config():
     return {
         "openmp": parallel.openmp_enabled(),
         "num_threads": threads.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "available_cpus": threads.available_cpus(),
         "compiler": getattr(info, "COMPILER", "unknown"),
         "compile_args": " ".join(getattr(info, "COMPILE_ARGS", [])),
