@@ -4,8 +4,6 @@ fan_in/fan_out of a weight (out, in, *kernel) are in*prod(kernel) and out*prod(k
 """
 import math
 
-import numpy as np
-
 from ..random import generator
 
 
