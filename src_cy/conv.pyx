@@ -18,7 +18,6 @@ prange over the N*C planes: each thread owns whole planes (im2col writes only th
 plane's rows; col2im adds only into that plane), so there are no races and the result
 does not depend on the thread count.
 """
-import operator
 
 import numpy as np
 
@@ -26,23 +25,10 @@ from cython.parallel cimport prange
 from libc.string cimport memset
 
 from tb_types cimport real, idx_t
+from window cimport _end_inside, _first_inside
 
+from tinygrad_bn._C._checks import _check_array, _check_threads, _int, _pair
 
-
-cdef inline idx_t _first_inside(idx_t start, idx_t step) noexcept nogil:
-    """Smallest t >= 0 with start + t*step >= 0 (step >= 1)."""
-    if start >= 0:
-        return 0
-    return (-start + step - 1) // step
-
-
-cdef inline idx_t _end_inside(idx_t start, idx_t step, idx_t size, idx_t count) noexcept nogil:
-    """Smallest t with start + t*step >= size, capped at count (step >= 1)."""
-    cdef idx_t t
-    if start >= size:
-        return 0
-    t = (size - start + step - 1) // step
-    return t if t < count else count
 
 
 cdef void _im2col_plane(const real* x, real* cols, idx_t H, idx_t W,
@@ -148,23 +134,6 @@ cdef void _col2im_run(const real[:, :, ::1] cols, real[:, :, :, ::1] x,
 # Parameters above this are rejected so that no index arithmetic can overflow int64.
 _MAX_PARAM = 2**31 - 1
 
-def _int(name, v):
-    if isinstance(v, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        return operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}") from None
-
-
-def _pair(name, v):
-    """An int or a sequence of two ints -> (h, w)."""
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
-        return (_int(name, v[0]), _int(name, v[1]))
-    v = _int(name, v)
-    return (v, v)
 
 
 def _check_params(stride, padding, dilation):
@@ -187,16 +156,6 @@ def conv_output_size(size, k, s, p, d):
     return (size + 2 * p - span) // s + 1
 
 
-def _check_array(name, a, ndim):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
-    if a.dtype != np.float32 and a.dtype != np.float64:
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got {a.ndim}-D with shape {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
-
 
 def _check_kernel(kh, kw):
     kh = _int("kh", kh)
@@ -205,12 +164,6 @@ def _check_kernel(kh, kw):
         raise ValueError(f"kernel size must be >= 1, got ({kh}, {kw})")
     return kh, kw
 
-
-def _check_threads(num_threads):
-    num_threads = _int("num_threads", num_threads)
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    return num_threads
 
 
 def _out_or_empty(out, shape, dtype):

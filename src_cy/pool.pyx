@@ -8,7 +8,6 @@ Every kernel pranges over the N*C planes: a plane's outputs depend only on that 
 plane and a backward kernel adds only into that plane of grad_x, so each thread owns
 whole planes, there are no races and the result does not depend on the thread count.
 """
-import operator
 
 import numpy as np
 
@@ -16,22 +15,9 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 
 from tb_types cimport real, idx_t
+from window cimport _end_inside, _first_inside
 
-
-cdef inline idx_t _first_inside(idx_t start, idx_t step) noexcept nogil:
-    """Smallest t >= 0 with start + t*step >= 0 (step >= 1)."""
-    if start >= 0:
-        return 0
-    return (-start + step - 1) // step
-
-
-cdef inline idx_t _end_inside(idx_t start, idx_t step, idx_t size, idx_t count) noexcept nogil:
-    """Smallest t with start + t*step >= size, capped at count (step >= 1)."""
-    cdef idx_t t
-    if start >= size:
-        return 0
-    t = (size - start + step - 1) // step
-    return t if t < count else count
+from tinygrad_bn._C._checks import _check_array, _check_threads, _int, _pair
 
 
 cdef void _max_fwd_plane(const real* x, real* y, long long* argmax, idx_t H, idx_t W,
@@ -207,35 +193,7 @@ cdef void _avg_bwd_run(const real[:, :, :, ::1] grad_y, real[:, :, :, ::1] grad_
 _MAX_PARAM = 2**31 - 1
 
 
-def _int(name, v):
-    if isinstance(v, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        return operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}") from None
 
-
-def _pair(name, v):
-    """An int or a sequence of two ints -> (h, w)."""
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
-        return (_int(name, v[0]), _int(name, v[1]))
-    v = _int(name, v)
-    return (v, v)
-
-
-def _check_array(name, a, ndim, dtypes=(np.float32, np.float64)):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
-    if a.dtype not in dtypes:
-        names = " or ".join(np.dtype(d).name for d in dtypes)
-        raise TypeError(f"{name} must be {names}, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got {a.ndim}-D with shape {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
 
 
 def _check_x_shape(x_shape):
@@ -246,12 +204,6 @@ def _check_x_shape(x_shape):
         raise ValueError(f"x_shape must be non-negative, got {shape}")
     return shape
 
-
-def _check_threads(num_threads):
-    num_threads = _int("num_threads", num_threads)
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    return num_threads
 
 
 def pool_output_shape(x_shape, kernel, stride, padding, dilation=(1, 1)):

@@ -18,11 +18,10 @@ Threads: im2col/col2im and pooling use threads.threads_for(size) OpenMP threads 
 the same bits for any count. The GEMMs run on numpy's BLAS with its own thread pool
 (OPENBLAS_NUM_THREADS / threadpoolctl), which tb.set_num_threads does not change.
 """
-import operator
-
 import numpy as np
 
 from ._C import conv as _conv
+from ._C._checks import _int
 from ._C import pool as _pool
 from . import blas
 from .threads import threads_for
@@ -39,15 +38,6 @@ _MAX_PARAM = 2**31 - 1
 
 # ---------------------------------------------------------------------------------------
 # validation (all of it before any work)
-
-def _int(name, v):
-    if isinstance(v, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        return operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}") from None
-
 
 def _tuple(name, v, n):
     """An int, or a sequence of n ints -> tuple of n ints."""
