@@ -195,6 +195,110 @@ cdef void _softmax(const real* x, real* o, idx_t outer, idx_t n, idx_t inner, bi
                           min(width, inner - b), log_out)
 
 
+# ---------------------------------------------------------------- backward
+# softmax:      dx = z * (g - s),       s = sum(g * z) along the axis
+# log_softmax:  dx = g - exp(z) * s,    s = sum(g)     along the axis
+# (z is the forward output.) One read of z and g for s, one more for dx; s is a
+# float64 sum in fixed order, so results do not depend on the thread count.
+
+cdef double _row_dot(const real* a, const real* b, idx_t n) noexcept nogil:
+    """sum(a[:n] * b[:n]) in float64, LANES partial sums added in a fixed order."""
+    cdef double lane[LANES]
+    cdef double s = 0
+    cdef idx_t j, jb, nv = n - n % LANES
+    cdef int k
+    for k in range(LANES):
+        lane[k] = 0
+    for jb in range(nv // LANES):
+        j = jb * LANES
+        for k in range(LANES):
+            lane[k] += <double>a[j + k] * b[j + k]
+    for k in range(LANES):
+        s += lane[k]
+    for j in range(nv, n):
+        s += <double>a[j] * b[j]
+    return s
+
+
+cdef void _softmax_backward_row(const real* z, const real* g, real* dx, idx_t n,
+                                bint log_out) noexcept nogil:
+    cdef idx_t j
+    cdef real s
+    if log_out:
+        s = <real>_row_sum(g, n)
+        for j in range(n):
+            dx[j] = g[j] - _exp(z[j]) * s
+    else:
+        s = <real>_row_dot(g, z, n)
+        for j in range(n):
+            dx[j] = z[j] * (g[j] - s)
+
+
+cdef void _softmax_backward_cols(const real* z, const real* g, real* dx, idx_t n, idx_t inner,
+                                 idx_t w, bint log_out) noexcept nogil:
+    """The same for w <= BLOCK adjacent columns: element (i, k) is at i * inner + k.
+    Each column's sum runs over i in order (independent of the blocking)."""
+    cdef double s[BLOCK]
+    cdef real sr[BLOCK]
+    cdef idx_t i, k
+    cdef const real* zi
+    cdef const real* gi
+    cdef real* di
+    for k in range(w):
+        s[k] = 0
+    for i in range(n):
+        zi = z + i * inner
+        gi = g + i * inner
+        if log_out:
+            for k in range(w):
+                s[k] += gi[k]
+        else:
+            for k in range(w):
+                s[k] += <double>gi[k] * zi[k]
+    for k in range(w):
+        sr[k] = <real>s[k]
+    for i in range(n):
+        zi = z + i * inner
+        gi = g + i * inner
+        di = dx + i * inner
+        if log_out:
+            for k in range(w):
+                di[k] = gi[k] - _exp(zi[k]) * sr[k]
+        else:
+            for k in range(w):
+                di[k] = zi[k] * (gi[k] - sr[k])
+
+
+cdef void _softmax_backward(const real* z, const real* g, real* dx, idx_t outer, idx_t n,
+                            idx_t inner, bint log_out, int nthreads) noexcept nogil:
+    # Same task split as _softmax: rows, or (outer index, column block) tasks.
+    cdef idx_t r, t, b, nblk, width, ntasks, off
+    if inner == 1:
+        if nthreads <= 1:
+            for r in range(outer):
+                _softmax_backward_row(z + r * n, g + r * n, dx + r * n, n, log_out)
+        else:
+            for r in prange(outer, num_threads=nthreads, schedule='static'):
+                _softmax_backward_row(z + r * n, g + r * n, dx + r * n, n, log_out)
+        return
+    nblk = (inner + BLOCK - 1) // BLOCK
+    if outer * nblk < nthreads:
+        nblk = min(inner, (nthreads + outer - 1) // outer)
+    width = (inner + nblk - 1) // nblk
+    nblk = (inner + width - 1) // width
+    ntasks = outer * nblk
+    if nthreads <= 1:
+        for t in range(ntasks):
+            b = t % nblk * width
+            off = t // nblk * n * inner + b
+            _softmax_backward_cols(z + off, g + off, dx + off, n, inner, min(width, inner - b), log_out)
+    else:
+        for t in prange(ntasks, num_threads=nthreads, schedule='static'):
+            b = t % nblk * width
+            off = t // nblk * n * inner + b
+            _softmax_backward_cols(z + off, g + off, dx + off, n, inner, min(width, inner - b), log_out)
+
+
 # ---------------------------------------------------------------- Python wrappers
 
 cdef object _run(object a, int axis, int nthreads, bint log_out):
@@ -270,6 +374,66 @@ def log_softmax(a, int axis, int nthreads=1):
     -log(sum) are both <= 0, so their sum never cancels. Sums are float64.
     """
     return _run(a, axis, nthreads, True)
+
+
+cdef object _run_backward(object z, object g, int axis, int nthreads, bint log_out):
+    cdef int typenum, ndim, d
+    cdef cnp.ndarray za, ga
+    for name, a in (("z", z), ("g", g)):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+        typenum = cnp.PyArray_TYPE(<cnp.ndarray>a)
+        if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a):
+            raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), got {a.dtype}")
+        if not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a):
+            raise ValueError(f"{name}: expected a C-contiguous aligned array, got shape {a.shape} "
+                             f"with strides {a.strides}")
+    za = <cnp.ndarray>z
+    ga = <cnp.ndarray>g
+    if za.dtype != ga.dtype or z.shape != g.shape:
+        raise ValueError(f"g: expected the dtype and shape of z, {z.dtype} {z.shape}, got {g.dtype} {g.shape}")
+    ndim = za.ndim
+    if not 0 <= axis < ndim:
+        raise ValueError(f"axis: expected 0 <= axis < {ndim} for shape {z.shape}, got {axis}")
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
+    typenum = cnp.PyArray_TYPE(za)
+    cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(za)
+    cdef idx_t outer = 1, inner = 1, n = dims[axis]
+    for d in range(axis):
+        outer *= dims[d]
+    for d in range(axis + 1, ndim):
+        inner *= dims[d]
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(ndim, dims, typenum, 0)
+    cdef void* pz = cnp.PyArray_DATA(za)
+    cdef void* pg = cnp.PyArray_DATA(ga)
+    cdef void* po = cnp.PyArray_DATA(out)
+    if outer * n * inner == 0:
+        return out
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _softmax_backward(<const float*>pz, <const float*>pg, <float*>po, outer, n, inner, log_out, nthreads)
+        else:
+            _softmax_backward(<const double*>pz, <const double*>pg, <double*>po, outer, n, inner, log_out,
+                              nthreads)
+    return out
+
+
+def softmax_backward(z, g, int axis, int nthreads=1):
+    """Gradient of softmax: z * (g - sum(g * z, axis)), z = softmax(x) (the forward output).
+
+    z, g: C-contiguous float32/float64 arrays of one shape and dtype; 0 <= axis < z.ndim;
+    nthreads >= 1. Returns a new array like z. Raises TypeError / ValueError before any work.
+    """
+    return _run_backward(z, g, axis, nthreads, False)
+
+
+def log_softmax_backward(z, g, int axis, int nthreads=1):
+    """Gradient of log_softmax: g - exp(z) * sum(g, axis), z = log_softmax(x) (the forward output).
+
+    Arguments and errors as softmax_backward.
+    """
+    return _run_backward(z, g, axis, nthreads, True)
 
 
 # ---------------------------------------------------------------- cross-entropy (fused)

@@ -324,6 +324,38 @@ def test_softmax_of_empty_array_is_empty(shape, axis):
         assert out.shape == shape and out.dtype == np.float32
 
 
+@given(case=logits(), seed=st.integers(0, 2**16))
+def test_softmax_backward_kernels_match_float64_reference(case, seed):
+    """The fused backward kernels equal the formulas z (g - sum g z) and g - e^z sum g
+    evaluated in float64 on the same z and g."""
+    a, axis = case
+    g = np.random.default_rng(seed).standard_normal(a.shape).astype(a.dtype)
+    z, zl = kernels.softmax(a, axis), kernels.log_softmax(a, axis)
+    z64, zl64, g64 = z.astype(np.float64), zl.astype(np.float64), g.astype(np.float64)
+    want = z64 * (g64 - (g64 * z64).sum(axis=axis, keepdims=True))
+    want_log = g64 - np.exp(zl64) * g64.sum(axis=axis, keepdims=True)
+    # sums are float64; the rounding of s to the dtype scales with sum|g| along the axis
+    eps = np.finfo(a.dtype).eps
+    scale = 4 * eps * (1 + np.abs(g64).sum(axis=axis, keepdims=True))
+    got = kernels.softmax_backward(z, g, axis)
+    got_log = kernels.log_softmax_backward(zl, g, axis)
+    assert got.dtype == a.dtype and got.shape == a.shape and got.flags.c_contiguous
+    assert np.all(np.abs(got - want) <= scale * np.maximum(z64, eps) + 4 * eps * np.abs(want))
+    assert np.all(np.abs(got_log - want_log) <= scale + 4 * eps * np.abs(want_log))
+
+
+def test_softmax_backward_kernels_reject_mismatched_operands():
+    z = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"float32 \(3, 4\).*float32 \(4, 3\)"):
+        kernels.softmax_backward(z, np.ones((4, 3), np.float32), 1)
+    with pytest.raises(ValueError, match="float32.*float64"):
+        kernels.log_softmax_backward(z, np.ones((3, 4)), 1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.softmax_backward(z, np.ones((4, 3), np.float32).T, 1)
+    with pytest.raises(ValueError, match="axis"):
+        kernels.softmax_backward(z, z, 2)
+
+
 # ---------------------------------------------------------------- threads
 
 def _big(dtype, shape, seed=0):
@@ -348,6 +380,8 @@ THREADED = {
     "clip":          lambda a, b, v: kernels.clip(a, -1.0, 0.5),
     "softmax_last":  lambda a, b, v: kernels.softmax(a, 1),
     "softmax_first": lambda a, b, v: kernels.log_softmax(a, 0),
+    "softmax_bwd":   lambda a, b, v: kernels.softmax_backward(kernels.softmax(a, 1), b, 1),
+    "log_softmax_bwd_first": lambda a, b, v: kernels.log_softmax_backward(kernels.log_softmax(a, 0), b, 0),
 }
 # fmt: on
 

@@ -392,24 +392,37 @@ class MatMul(Function):
 
 # ============================================================== softmax
 class Softmax(Function):
-    """z = exp(x) / sum(exp(x)) along axis;  dx = z * (g - sum(g * z))"""
+    """z = exp(x) / sum(exp(x)) along axis;  dx = z * (g - sum(g * z))
+    (one fused kernel; in Tensor ops when the backward pass is recorded)."""
 
     def forward(self, x):
         return kernels.softmax(x, self.axis)
 
     def backward(self, g):
         z = self.output()
-        return z * (g - (g * z).sum(self.axis, keepdims=True))
+        if _recording() or not _fusable(g, z):
+            return z * (g - (g * z).sum(self.axis, keepdims=True))
+        return _const(kernels.softmax_backward(z.data, np.ascontiguousarray(g.data), self.axis))
 
 
 class LogSoftmax(Function):
-    """z = x - log(sum(exp(x))) along axis;  dx = g - exp(z) * sum(g)"""
+    """z = x - log(sum(exp(x))) along axis;  dx = g - exp(z) * sum(g)
+    (one fused kernel; in Tensor ops when the backward pass is recorded)."""
 
     def forward(self, x):
         return kernels.log_softmax(x, self.axis)
 
     def backward(self, g):
-        return g - self.output().exp() * g.sum(self.axis, keepdims=True)
+        z = self.output()
+        if _recording() or not _fusable(g, z):
+            return g - z.exp() * g.sum(self.axis, keepdims=True)
+        return _const(kernels.log_softmax_backward(z.data, np.ascontiguousarray(g.data), self.axis))
+
+
+def _fusable(g, z):
+    """A fused backward kernel takes g when it has z's shape and dtype (the engine may
+    hand a broadcast or differently typed upstream gradient)."""
+    return g.shape == z.shape and g.dtype == z.dtype
 
 
 # ============================================================== fused
@@ -441,7 +454,8 @@ def _bn_axes(ndim):
 
 def _as_ncl(a):
     """(N, C, H, W) -> (N, C, H*W) view for the batch-norm kernels; (N, C) and (N, C, L) pass."""
-    return a.reshape(a.shape[0], a.shape[1], -1) if a.ndim > 3 else a
+    # NOTE: not -1: numpy cannot infer it for an empty batch (N = 0 in eval mode)
+    return a.reshape(a.shape[0], a.shape[1], math.prod(a.shape[2:])) if a.ndim > 3 else a
 
 
 class BatchNormTrain(Function):

@@ -79,6 +79,16 @@ def log_softmax(a, axis):
     return _softmax.log_softmax(a, axis, threads_for(a.size))
 
 
+def softmax_backward(z, g, axis):
+    """z * (g - sum(g * z)) along `axis`: the gradient of softmax given its output z."""
+    return _softmax.softmax_backward(z, g, axis, threads_for(z.size))
+
+
+def log_softmax_backward(z, g, axis):
+    """g - exp(z) * sum(g) along `axis`: the gradient of log_softmax given its output z."""
+    return _softmax.log_softmax_backward(z, g, axis, threads_for(z.size))
+
+
 def scatter_add(shape, positions, values):
     """zeros(shape) with values.ravel()[i] added at flat index positions.ravel()[i].
 
