@@ -1,5 +1,7 @@
 """tinygrad_bn: a small reverse-mode autograd engine with Cython/OpenMP kernels,
 built to make Batch Normalization readable, trainable and provable."""
+# first: importing allocator tunes malloc before any array work (see allocator.py)
+from . import allocator  # noqa: F401
 from .autograd import grad
 from .config import show_config
 from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from . import threads
+from . import allocator, threads
 from ._C import parallel
 
 
@@ -31,6 +31,7 @@ def config():
         "openmp": parallel.openmp_enabled(),
         "num_threads": threads.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "malloc_tuning": "on" if allocator.status is True else allocator.status,
         "available_cpus": threads.available_cpus(),
         "compiler": getattr(info, "COMPILER", "unknown"),
         "compile_args": " ".join(getattr(info, "COMPILE_ARGS", [])),
