@@ -68,6 +68,9 @@ cdef struct Cursor:
     idx_t off[MAXOPS]
 
 
+MAX_BYTES = int(np.iinfo(np.intp).max)
+
+
 cdef int _plan(Plan* p, tuple shapes, cnp.npy_intp* dims) except -1:
     """Broadcast `shapes` by numpy's rules into `p`; write the output shape to dims
     and return its rank. ValueError when the shapes do not broadcast."""
@@ -101,6 +104,17 @@ cdef int _plan(Plan* p, tuple shapes, cnp.npy_intp* dims) except -1:
                     raise ValueError("operands could not be broadcast together with shapes "
                                      + " ".join(str(tuple(t)) for t in shapes))
             acc *= sz
+    # The output must be indexable: like numpy, the product of the non-zero sizes times
+    # the item size (at most 8 bytes here) must fit in intp. Checked in Python integers
+    # so the product itself cannot overflow (idx_t arithmetic below would, silently).
+    total = 1
+    for d in range(nd):
+        if dims[d] != 0:
+            total *= dims[d]
+    if total * 8 > MAX_BYTES:
+        raise ValueError("operands with shapes " + " ".join(str(tuple(t)) for t in shapes)
+                         + f" broadcast to shape {tuple([dims[d] for d in range(nd)])} with {total} "
+                         f"elements, expected at most {MAX_BYTES // 8}")
     # drop size-1 dims, merge neighbours that are contiguous for every operand
     p.nops = nops
     p.size = 1

@@ -320,7 +320,10 @@ def sum_axes(a, axes, keepdims, nthreads=1):
             _sum_stage[double](xd, out, part, nthreads)
         x = res
     # No stage (every reduced axis has extent 1): the sum is a copy.
-    return x.astype(a.dtype, copy=x is a).reshape(out_shape)
+    # NOTE: a float64 total beyond float32's range becomes inf, as an elementwise kernel's
+    # overflow does: silently (numpy's cast would warn, or raise under errstate).
+    with np.errstate(over="ignore"):
+        return x.astype(a.dtype, copy=x is a).reshape(out_shape)
 
 
 # ---------------------------------------------------------------------------------

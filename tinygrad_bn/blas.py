@@ -66,8 +66,9 @@ def _executor(n):
     global _pool, _pool_size
     with _pool_lock:
         if _pool is None or _pool_size < n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
+            # NOTE: no shutdown() of the pool replaced here: another Python thread may hold it
+            # and be about to submit (RuntimeError after shutdown). Its idle workers exit once
+            # the last reference to it is dropped.
             _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tb-gemm")
             _pool_size = n
         return _pool

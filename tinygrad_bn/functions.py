@@ -495,7 +495,7 @@ class BatchNormTrain(Function):
         grad_beta = grad_y.sum(axes)
         grad_gamma = (grad_y * x_hat).sum(axes)
         grad_x = (weight.reshape(view) * inv_std) * (
-            grad_y - (grad_beta.reshape(view) + x_hat * grad_gamma.reshape(view)) * (1.0 / m))
+            grad_y - (grad_beta.reshape(view) + x_hat * grad_gamma.reshape(view)) / m)
         return grad_x, grad_gamma, grad_beta
 
 

@@ -13,6 +13,12 @@ from ._C import softmax as _softmax
 from .threads import threads_for
 
 
+def broadcast_size(*shapes):
+    """Element count of the broadcast of up to 3 shapes; ValueError naming the shapes when
+    they do not broadcast or the result would be too large to index."""
+    return _elementwise.broadcast_size(*shapes)
+
+
 def binary(op, a, b):
     """out = op(a, b) with numpy broadcasting. op: add sub mul div pow maximum minimum."""
     n = a.size if a.shape == b.shape else _elementwise.broadcast_size(a.shape, b.shape)

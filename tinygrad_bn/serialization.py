@@ -59,6 +59,13 @@ def load(path):
     file that is not a tinygrad_bn .npz (truncated, corrupt, another format).
     """
     name = repr(path) if hasattr(path, "read") else repr(os.fspath(path))
+    if not hasattr(path, "read"):
+        # NOTE: np.load calls any file it cannot place a pickle, which misleads for a text file.
+        with open(os.fspath(path), "rb") as f:  # FileNotFoundError, IsADirectoryError as they are
+            head = f.read(6)
+        if not head.startswith((b"PK", b"\x93NUMPY")):
+            raise ValueError(f"{name} is not a tinygrad_bn .npz file: expected a zip archive "
+                             f"(first bytes b'PK'), got first bytes {head!r}")
     try:
         npz = np.load(path, allow_pickle=False)
     except _CORRUPT as e:

@@ -18,6 +18,19 @@ int64 = np.int64
 bool_ = np.bool_
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _norm_axis = np.lib.array_utils.normalize_axis_index  # raises numpy's AxisError
+_INT64_MAX = int(np.iinfo(np.int64).max)
+_MAX_BYTES = int(np.iinfo(np.intp).max)
+
+
+def _check_shape(shape, dtype, what):
+    """ValueError unless `shape` can hold an array of `dtype`: no negative sizes, and
+    (numpy's rule) the itemsize times the product of the non-zero sizes fits in intp."""
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{what}: sizes must be >= 0, got shape {shape}")
+    nbytes = np.dtype(dtype).itemsize * math.prod(s for s in shape if s)
+    if nbytes > _MAX_BYTES:
+        raise ValueError(f"{what}: shape {shape} would need {nbytes} bytes of {np.dtype(dtype)}, "
+                         f"expected at most {_MAX_BYTES} (the largest array numpy can index)")
 
 
 def _to_array(data, dtype=None):
@@ -50,6 +63,10 @@ def _to_array(data, dtype=None):
     target = natural if dtype is None else np.dtype(dtype)
     if target.kind not in "fib" or (target.kind == "f" and target not in _FLOATS):
         raise TypeError(f"dtype must be float32, float64, int64 or bool, got {target}")
+    if kind == "u" and target.kind == "i" and arr.size and arr.max() > _INT64_MAX:
+        # NOTE: the cast below would wrap silently (2**64 - 1 -> -1).
+        raise ValueError(f"Tensor data of dtype {arr.dtype} must fit in int64 (values <= {_INT64_MAX}), "
+                         f"got the value {arr.max()}")
     # Always copy: a Tensor never aliases the caller's array (optimisers update in place).
     return np.array(arr, dtype=target, order="C", copy=True)
 
@@ -388,7 +405,9 @@ class Tensor:
         self._float_only("mean")
         axes = self._axes(axis)
         n = _count(self.shape, axes)
-        return self.sum(axes, keepdims) * (1.0 / n if n else float("nan"))
+        # NOTE: divide, not multiply by 1/n: the reciprocal rounds (to float32 too), so the
+        # mean of a constant would miss the constant (numpy divides)
+        return self.sum(axes, keepdims) / n if n else self.sum(axes, keepdims) * float("nan")
 
     def var(self, axis=None, keepdims=False, correction=0):
         """Variance over axis: sum((x - mean)^2) / (n - correction). correction=0 is the
@@ -399,7 +418,8 @@ class Tensor:
         n = _count(self.shape, axes)
         centred = self - self.mean(axes, keepdims=True)
         denom = n - correction
-        return (centred * centred).sum(axes, keepdims) * (1.0 / denom if denom > 0 else float("nan"))
+        squares = (centred * centred).sum(axes, keepdims)
+        return squares / denom if denom > 0 else squares * float("nan")
 
     def std(self, axis=None, keepdims=False, correction=0):
         """Standard deviation: sqrt(var(axis, keepdims, correction))."""
@@ -468,6 +488,8 @@ class Tensor:
         new_shape = _resolve_shape(self.shape, shape)
         if new_shape == self.shape:
             return self
+        if self.data.size == 0:  # 0 elements match any shape with a 0 in it, however large
+            _check_shape(new_shape, self.dtype, "reshape")
         return F.Reshape.apply(self, shape=new_shape)
 
     view = reshape
@@ -518,6 +540,7 @@ class Tensor:
                                  f"dimension {i} has size {s}, expected 1 or {target[i + lead]}")
         if target == self.shape:
             return self
+        _check_shape(target, self.dtype, "expand")
         return F.Expand.apply(self, shape=target)
 
     def broadcast_to(self, shape):
@@ -694,9 +717,9 @@ def where(cond, x, y):
         b, a = y._operands(x)
     cond_arr = np.asarray(cond_arr, order="C")
     try:
-        np.broadcast_shapes(cond_arr.shape, a.shape, b.shape)
-    except ValueError:
-        raise ValueError(f"where: shapes {cond_arr.shape}, {a.shape}, {b.shape} do not broadcast") from None
+        kernels.broadcast_size(cond_arr.shape, a.shape, b.shape)
+    except ValueError as e:  # names the shapes: they do not broadcast, or to too many elements
+        raise ValueError(f"where: shapes {cond_arr.shape}, {a.shape}, {b.shape} do not broadcast ({e})") from None
     if a.dtype not in _FLOATS:
         return Tensor._make(np.where(cond_arr, a.data, b.data), None, False)
     return F.Where.apply(a, b, cond=cond_arr)
@@ -744,23 +767,25 @@ def stack(tensors, axis=0):
 
 
 # factories
-def _factory_shape(shape):
-    return _shape_arg(shape)
+def _factory_shape(shape, dtype, what):
+    shape = _shape_arg(shape)
+    _check_shape(shape, dtype, what)
+    return shape
 
 
 def zeros(*shape, dtype=float32, requires_grad=False):
     """Tensor of zeros; shape as ints or one tuple; float32 unless dtype is given."""
-    return Tensor(np.zeros(_factory_shape(shape), dtype=dtype), requires_grad=requires_grad)
+    return Tensor(np.zeros(_factory_shape(shape, dtype, "zeros"), dtype=dtype), requires_grad=requires_grad)
 
 
 def ones(*shape, dtype=float32, requires_grad=False):
     """Tensor of ones; shape as ints or one tuple."""
-    return Tensor(np.ones(_factory_shape(shape), dtype=dtype), requires_grad=requires_grad)
+    return Tensor(np.ones(_factory_shape(shape, dtype, "ones"), dtype=dtype), requires_grad=requires_grad)
 
 
 def full(shape, fill_value, dtype=float32, requires_grad=False):
     """Tensor of shape filled with fill_value."""
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    shape = _factory_shape((shape,) if isinstance(shape, (int, np.integer)) else tuple(shape), dtype, "full")
     return Tensor(np.full(shape, fill_value, dtype=dtype), requires_grad=requires_grad)
 
 
@@ -775,14 +800,14 @@ def ones_like(t, dtype=None, requires_grad=False):
 def randn(*shape, dtype=float32, requires_grad=False):
     """Standard normal samples from the calling thread's generator (see manual_seed)."""
     dt = np.dtype(dtype)
-    data = generator().standard_normal(_factory_shape(shape), dtype=dt)
+    data = generator().standard_normal(_factory_shape(shape, dt, "randn"), dtype=dt)
     return Tensor(data, requires_grad=requires_grad)
 
 
 def rand(*shape, dtype=float32, requires_grad=False):
     """Uniform [0, 1) samples from the calling thread's generator."""
     dt = np.dtype(dtype)
-    data = generator().random(_factory_shape(shape), dtype=dt)
+    data = generator().random(_factory_shape(shape, dt, "rand"), dtype=dt)
     return Tensor(data, requires_grad=requires_grad)
 
 

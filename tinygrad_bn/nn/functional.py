@@ -7,8 +7,14 @@ from ..random import generator
 from ..tensor import Tensor, _FLOATS, stack, where
 
 
-def _promote(x, w):
-    """Mixed float32/float64 operands compute in float64 (DESIGN's promotion rule)."""
+def _promote(fn, x, w):
+    """Mixed float32/float64 operands compute in float64 (DESIGN's promotion rule).
+    TypeError for anything but float Tensors (as torch: ints are labels, not inputs)."""
+    for name, t in (("input", x), ("weight", w)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{fn}: {name} must be a Tensor, got {type(t).__name__}")
+        if t.dtype not in _FLOATS:
+            raise TypeError(f"{fn}: {name} must be float32 or float64, got dtype {t.dtype}")
     if x.dtype != w.dtype:
         return x.to(np.float64), w.to(np.float64)
     return x, w
@@ -48,8 +54,10 @@ def log_softmax(x, axis=-1):
 def linear(x, weight, bias=None):
     """y = x @ weight.T + bias.  x (..., in), weight (out, in), bias (out,) -> (..., out).
 
-    Raises ValueError naming the shapes when x's last dim is not weight's in_features.
+    Raises ValueError naming the shapes when x's last dim is not weight's in_features,
+    TypeError when x or weight is not a float Tensor.
     """
+    x, weight = _promote("linear", x, weight)
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {weight.shape}")
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
@@ -58,7 +66,6 @@ def linear(x, weight, bias=None):
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"linear: expected bias of shape ({weight.shape[0]},), got {bias.shape}")
     from ..functions import MatMul  # the transpose is a GEMM flag, not a copy
-    x, weight = _promote(x, weight)
     x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
     y = MatMul.apply(x2, weight, tb=True)
     if bias is not None:
@@ -69,12 +76,19 @@ def linear(x, weight, bias=None):
 # ------------------------------------------------------------------ dropout
 
 
+def _check_dropout_p(p):
+    """TypeError unless p is a real number, ValueError unless 0 <= p <= 1 (NaN fails)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+        raise TypeError(f"dropout probability must be a number, got {type(p).__name__} {p!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+
+
 def dropout(x, p=0.5, training=True):
     """Zero each element with probability p and scale the rest by 1/(1-p) (inverted
     dropout) in training; identity otherwise. Draws from the thread's generator, so
     tb.manual_seed makes it reproducible. Raises ValueError unless 0 <= p <= 1."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+    _check_dropout_p(p)
     if not training or p == 0.0:
         return x
     if p == 1.0:
@@ -208,9 +222,9 @@ def _check_batch_norm_args(x, running_mean, running_var, weight, bias, training,
     uses_batch_stats = training or running_mean is None
     values_per_channel = x.size // c if c else 0
     if uses_batch_stats and values_per_channel <= 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}: "
-                         f"a batch of size 1 (e.g. the last batch of an epoch) cannot be normalised; "
-                         f"use DataLoader(drop_last=True) or call eval()")
+        raise ValueError(f"Expected more than 1 value per channel when training, got {values_per_channel} "
+                         f"(input of shape {x.shape}): the batch variance is undefined; if this is the "
+                         f"last, smaller batch of an epoch use DataLoader(drop_last=True), or call eval()")
 
 
 def _channel_view(t, ndim):
@@ -295,20 +309,27 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 # ------------------------------------------------------------------ convolution and pooling
 
 
+def _int(name, v):
+    # NOTE: int(v) would truncate stride=1.5 to 1 silently; torch raises TypeError too.
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    return int(v)
+
+
 def _pair(name, v):
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
             raise ValueError(f"{name} must be an int or a pair, got {v!r}")
-        return tuple(int(i) for i in v)
-    return (int(v), int(v))
+        return tuple(_int(name, i) for i in v)
+    return (_int(name, v), _int(name, v))
 
 
 def _single(name, v):
     if isinstance(v, (tuple, list)):
         if len(v) != 1:
             raise ValueError(f"{name} must be an int or a 1-tuple, got {v!r}")
-        return int(v[0])
-    return int(v)
+        return _int(name, v[0])
+    return _int(name, v)
 
 
 def _check_rank(fn, x, ndim, layout):
@@ -327,7 +348,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
     if weight.ndim != 4:
         raise ValueError(f"conv2d: expected 4-D weight (O, C, kh, kw), got shape {weight.shape}")
     args = dict(stride=_pair("stride", stride), padding=_pair("padding", padding), dilation=_pair("dilation", dilation))
-    x, weight = _promote(x, weight)
+    x, weight = _promote("conv2d", x, weight)
+    if bias is not None and not isinstance(bias, Tensor):
+        raise TypeError(f"conv2d: bias must be a Tensor or None, got {type(bias).__name__}")
     inputs = (x, weight) if bias is None else (x, weight, bias.to(x.dtype))
     return Conv2d.apply(*inputs, **args)
 

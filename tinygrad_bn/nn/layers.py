@@ -60,6 +60,9 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, dtype=None):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
+        if self.in_features < 0 or self.out_features < 0:
+            raise ValueError(f"Linear: in_features and out_features must be >= 0, got "
+                             f"in_features={in_features}, out_features={out_features}")
         self.weight = empty_param((self.out_features, self.in_features), dtype)
         self.bias = empty_param((self.out_features,), dtype) if bias else None
         if not bias:
@@ -125,8 +128,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+        F._check_dropout_p(p)
         self.p = p
 
     def forward(self, x):

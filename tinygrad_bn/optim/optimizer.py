@@ -47,7 +47,7 @@ class Optimizer:
                 f"{type(params).__name__}; wrap it in a list")
         params = list(params)
         if not params:
-            raise ValueError("optimizer got an empty parameter list")
+            raise ValueError("optimizer got an empty parameter list, expected at least one Tensor")
         if not isinstance(params[0], dict):
             params = [{"params": params}]
         for group in params:
