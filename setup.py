@@ -3,7 +3,7 @@
 OpenMP is detected by compiling a tiny program with the compiler's OpenMP flag;
 when that fails the kernels are built single-threaded and a warning is printed.
 Environment switches:
-  TB_DEBUG=1          compile with Cython bounds/wraparound checks and -O0 -g
+  TB_DEBUG=1          compile with Cython bounds and initialisation checks and -O0 -g
   TB_NO_NATIVE=1      do not add -march=native (portable binaries)
   TB_EXTENSIONS=a,b   build only these kernel files (development convenience)
 """
@@ -74,9 +74,15 @@ if openmp:
 directives = {
     "language_level": 3,
     "boundscheck": DEBUG,
-    "wraparound": DEBUG,
+    # NOTE: no wraparound in either build: the kernels are written for C indexing, and
+    # with wraparound a stray negative index would be silently wrapped in bounds
+    # instead of raising IndexError, hiding the very bug the debug build looks for.
+    "wraparound": False,
     "initializedcheck": DEBUG,
-    "cdivision": not DEBUG,
+    # NOTE: C division in both builds. cdivision=False is not a bounds check: it makes a
+    # float x / 0 in a noexcept kernel print ZeroDivisionError and return garbage instead
+    # of inf/nan, so the debug build would compute something else than the release one.
+    "cdivision": True,
     "embedsignature": True,
 }
 

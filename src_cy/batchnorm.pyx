@@ -61,6 +61,7 @@ from libc.math cimport sqrt
 import numpy as np
 
 from tb_types cimport idx_t, real
+from threadcheck cimport check_threads
 
 cnp.import_array()
 
@@ -730,15 +731,6 @@ cdef double _check_eps(object eps) except? -1.0:
     return e
 
 
-cdef int _check_threads(object num_threads) except -1:
-    if not (type(num_threads) is int or (isinstance(num_threads, np.integer)
-                                         and not isinstance(num_threads, np.bool_))):
-        raise TypeError(f"num_threads must be an int, got {type(num_threads).__name__}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    return <int>min(num_threads, 1 << 16)
-
-
 cdef inline void _dims(cnp.ndarray x, idx_t* N, idx_t* C, idx_t* L) noexcept:
     N[0] = cnp.PyArray_DIM(x, 0)
     C[0] = cnp.PyArray_DIM(x, 1)
@@ -829,7 +821,7 @@ def forward_train(x, weight, bias, running_mean, running_var, momentum, eps, num
         if not (0.0 <= mom <= 1.0):
             raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
     cdef double e = _check_eps(eps)
-    cdef int nt = _check_threads(num_threads)
+    cdef int nt = check_threads(num_threads, "num_threads")
     if N * L < 2:
         raise ValueError("Expected more than 1 value per channel when training, got input of "
                          f"shape {(<object>xa).shape} (M = N*L = {N * L}); use batches of at "
@@ -884,7 +876,7 @@ def forward_eval(x, weight, bias, running_mean, running_var, eps, num_threads):
     cdef cnp.ndarray rm = _check_vector(running_mean, "running_mean", typ, C)
     cdef cnp.ndarray rv = _check_vector(running_var, "running_var", typ, C)
     cdef double e = _check_eps(eps)
-    cdef int nt = _check_threads(num_threads)
+    cdef int nt = check_threads(num_threads, "num_threads")
 
     cdef Plan p
     _make_plan(&p, N, C, L)
@@ -944,7 +936,7 @@ def backward(x, grad_y, mean, inv_std, weight, num_threads):
     cdef cnp.ndarray ma = _check_vector(mean, "mean", cnp.NPY_DOUBLE, C, False, "")
     cdef cnp.ndarray sa = _check_vector(inv_std, "inv_std", cnp.NPY_DOUBLE, C, False, "")
     cdef cnp.ndarray w = _check_vector(weight, "weight", typ, C)
-    cdef int nt = _check_threads(num_threads)
+    cdef int nt = check_threads(num_threads, "num_threads")
 
     cdef Plan p
     _make_plan(&p, N, C, L)

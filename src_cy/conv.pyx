@@ -25,9 +25,10 @@ from cython.parallel cimport prange
 from libc.string cimport memset
 
 from tb_types cimport real, idx_t
+from threadcheck cimport check_threads
 from window cimport _end_inside, _first_inside
 
-from tinygrad_bn._C._checks import _check_array, _check_threads, _int, _pair
+from tinygrad_bn._C._checks import _check_array, _int, _pair
 
 
 
@@ -204,7 +205,7 @@ def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1), num_thread
     _check_array("x", x, 4)
     kh, kw = _check_kernel(kh, kw)
     (sh, sw), (ph, pw), (dh, dw) = _check_params(stride, padding, dilation)
-    num_threads = _check_threads(num_threads)
+    num_threads = check_threads(num_threads, "num_threads")
     N, C, H, W = x.shape
     OH = conv_output_size(H, kh, sh, ph, dh)
     OW = conv_output_size(W, kw, sw, pw, dw)
@@ -245,7 +246,7 @@ def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
         raise ValueError(f"x_shape must be non-negative, got {tuple(x_shape)}")
     kh, kw = _check_kernel(kh, kw)
     (sh, sw), (ph, pw), (dh, dw) = _check_params(stride, padding, dilation)
-    num_threads = _check_threads(num_threads)
+    num_threads = check_threads(num_threads, "num_threads")
     OH = conv_output_size(H, kh, sh, ph, dh)
     OW = conv_output_size(W, kw, sw, pw, dw)
     expected = (N, C * kh * kw, OH * OW)

@@ -24,6 +24,7 @@ import numpy as np
 
 from fastmath cimport tb_expf, tb_sigmoidf, tb_tanhf
 from tb_types cimport idx_t, real
+from threadcheck cimport check_threads
 
 cnp.import_array()
 
@@ -575,12 +576,6 @@ cdef int _check_pair(object a, object b) except -1:
     return ta
 
 
-cdef int _check_threads(int nthreads) except -1:
-    if nthreads < 1:
-        raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
-    return 0
-
-
 cdef int _op_code(dict table, str op, str kind) except -1:
     code = table.get(op)
     if code is None:
@@ -620,7 +615,7 @@ def binary(str op, a, b, int nthreads=1):
     """
     cdef int code = _op_code(_BINARY, op, "binary")
     cdef int typenum = _check_pair(a, b)
-    _check_threads(nthreads)
+    check_threads(nthreads, "nthreads")
     cdef Plan p
     cdef cnp.npy_intp dims[MAXDIMS]
     cdef int nd = _plan(&p, (a.shape, b.shape), dims)
@@ -656,7 +651,7 @@ def compare(str op, a, b, int nthreads=1):
     """
     cdef int code = _op_code(_COMPARE, op, "compare")
     cdef int typenum = _check_pair(a, b)
-    _check_threads(nthreads)
+    check_threads(nthreads, "nthreads")
     cdef Plan p
     cdef cnp.npy_intp dims[MAXDIMS]
     cdef int nd = _plan(&p, (a.shape, b.shape), dims)
@@ -697,7 +692,7 @@ def where(cond, a, b, int nthreads=1):
         raise ValueError(f"cond: expected a C-contiguous array, got shape {cond.shape} "
                          f"with strides {cond.strides}")
     cdef int typenum = _check_pair(a, b)
-    _check_threads(nthreads)
+    check_threads(nthreads, "nthreads")
     cdef Plan p
     cdef cnp.npy_intp dims[MAXDIMS]
     cdef int nd = _plan(&p, (cond.shape, a.shape, b.shape), dims)
@@ -735,7 +730,7 @@ def unary(str op, a, int nthreads=1):
     """
     cdef int code = _op_code(_UNARY, op, "unary")
     cdef int typenum = _check_float(a, "a")
-    _check_threads(nthreads)
+    check_threads(nthreads, "nthreads")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(arr.ndim, cnp.PyArray_DIMS(arr), typenum, 0)
     cdef idx_t size = cnp.PyArray_SIZE(arr)
@@ -765,7 +760,7 @@ def pow_scalar(a, double p, int nthreads=1):
     ndarray, new, same shape and dtype as a.
     """
     cdef int typenum = _check_float(a, "a")
-    _check_threads(nthreads)
+    check_threads(nthreads, "nthreads")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(arr.ndim, cnp.PyArray_DIMS(arr), typenum, 0)
     cdef idx_t size = cnp.PyArray_SIZE(arr)
@@ -796,7 +791,7 @@ def clip(a, lo, hi, int nthreads=1):
     ndarray, new, same shape and dtype as a.
     """
     cdef int typenum = _check_float(a, "a")
-    _check_threads(nthreads)
+    check_threads(nthreads, "nthreads")
     # NOTE: maximum(x, -inf) == x for every x (NaN, -inf and -0 included), so None is +-inf
     cdef double dlo = -INFINITY if lo is None else float(lo)
     cdef double dhi = INFINITY if hi is None else float(hi)

@@ -10,6 +10,7 @@ from libc.stdint cimport int64_t
 from cython.parallel cimport prange
 
 from tb_types cimport real, idx_t
+from threadcheck cimport check_threads
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -160,7 +161,7 @@ def contiguous(a, nthreads=1):
     Parameters
     ----------
     a : ndarray
-    nthreads : int
+    nthreads : int, 1 <= nthreads <= 4096 (TypeError / ValueError otherwise)
 
     Returns
     -------
@@ -168,6 +169,7 @@ def contiguous(a, nthreads=1):
     """
     if not isinstance(a, np.ndarray):
         raise TypeError(f"contiguous: expected a numpy.ndarray, got {type(a).__name__}")
+    cdef int nt = check_threads(nthreads, "nthreads")
     cdef idx_t ndim = a.ndim, item = a.itemsize, ax = -1, d
     if (ndim < 2 or ndim > MAX_DIMS or a.dtype not in _FLOATS or a.size < TILE * TILE
             or a.flags.c_contiguous or not a.flags.aligned or a.strides[ndim - 1] == item):
@@ -187,7 +189,7 @@ def contiguous(a, nthreads=1):
     cdef size_t src = a.__array_interface__["data"][0]
     cdef size_t dst = out.__array_interface__["data"][0]
     if a.dtype == np.float32:
-        _transpose_copy[float](<const float*>src, <float*>dst, ndim, shape, istride, ax, nthreads)
+        _transpose_copy[float](<const float*>src, <float*>dst, ndim, shape, istride, ax, nt)
     else:
-        _transpose_copy[double](<const double*>src, <double*>dst, ndim, shape, istride, ax, nthreads)
+        _transpose_copy[double](<const double*>src, <double*>dst, ndim, shape, istride, ax, nt)
     return out

@@ -14,6 +14,11 @@ cdef extern from *:
     int TB_OPENMP
 
 
+from threadcheck cimport MAX_THREADS as _MAX
+
+MAX_THREADS = _MAX  # the largest thread count any kernel accepts (threadcheck.pxd)
+
+
 def openmp_enabled():
     """True when the kernels were compiled with OpenMP (so prange runs in parallel)."""
     return bool(TB_OPENMP)

@@ -15,9 +15,10 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 
 from tb_types cimport real, idx_t
+from threadcheck cimport check_threads
 from window cimport _end_inside, _first_inside
 
-from tinygrad_bn._C._checks import _check_array, _check_threads, _int, _pair
+from tinygrad_bn._C._checks import _check_array, _int, _pair
 
 
 cdef void _max_fwd_plane(const real* x, real* y, long long* argmax, idx_t H, idx_t W,
@@ -259,7 +260,7 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation=(1, 1), num_threads=
     _check_array("x", x, 4)
     kernel, stride, padding, dilation, y_shape = pool_output_shape(
         x.shape, kernel, stride, padding, dilation)
-    num_threads = _check_threads(num_threads)
+    num_threads = check_threads(num_threads, "num_threads")
     y = np.empty(y_shape, dtype=x.dtype)
     argmax = np.empty(y_shape, dtype=np.int64)
     if y.size == 0:
@@ -290,7 +291,7 @@ def max_pool2d_backward(grad_y, argmax, x_shape, num_threads=1):
     _check_array("grad_y", grad_y, 4)
     _check_array("argmax", argmax, 4, dtypes=(np.int64,))
     N, C, H, W = _check_x_shape(x_shape)
-    num_threads = _check_threads(num_threads)
+    num_threads = check_threads(num_threads, "num_threads")
     if argmax.shape != grad_y.shape:
         raise ValueError(f"argmax must have grad_y's shape {grad_y.shape}, got {argmax.shape}")
     if grad_y.shape[:2] != (N, C):
@@ -330,7 +331,7 @@ def avg_pool2d_forward(x, kernel, stride, padding, count_include_pad=True, num_t
     """
     _check_array("x", x, 4)
     kernel, stride, padding, _, y_shape = pool_output_shape(x.shape, kernel, stride, padding)
-    num_threads = _check_threads(num_threads)
+    num_threads = check_threads(num_threads, "num_threads")
     include_pad = bool(count_include_pad)
     y = np.empty(y_shape, dtype=x.dtype)
     if y.size == 0:
@@ -360,7 +361,7 @@ def avg_pool2d_backward(grad_y, x_shape, kernel, stride, padding, count_include_
     _check_array("grad_y", grad_y, 4)
     x_shape = _check_x_shape(x_shape)
     kernel, stride, padding, _, y_shape = pool_output_shape(x_shape, kernel, stride, padding)
-    num_threads = _check_threads(num_threads)
+    num_threads = check_threads(num_threads, "num_threads")
     if grad_y.shape != y_shape:
         raise ValueError(f"grad_y must have shape {y_shape} for x_shape {x_shape}, "
                          f"got {grad_y.shape}")

@@ -19,6 +19,7 @@ from libc.stdint cimport int64_t
 from cython.parallel cimport prange
 
 from tb_types cimport real, idx_t
+from threadcheck cimport check_threads
 
 # Elements per block when reducing contiguous rows (inner == 1). 64 KiB of float32:
 # large enough that the partial slots are negligible, small enough for L2.
@@ -69,11 +70,6 @@ def _check_array(a, str name):
     if not (a.flags.c_contiguous and a.flags.aligned):
         raise ValueError(f"{name}: expected an aligned C-contiguous array, got strides {a.strides} "
                          f"for shape {a.shape} (aligned: {a.flags.aligned})")
-
-
-def _check_threads(nthreads, str name):
-    if isinstance(nthreads, bool) or not isinstance(nthreads, int) or nthreads < 1:
-        raise ValueError(f"{name}: expected nthreads an int >= 1, got {nthreads!r}")
 
 
 def _plan(tuple shape, axes, bint keepdims, str name):
@@ -300,7 +296,7 @@ def sum_axes(a, axes, keepdims, nthreads=1):
     non-contiguous array, invalid axes or nthreads.
     """
     _check_array(a, "sum")
-    _check_threads(nthreads, "sum")
+    check_threads(nthreads, "nthreads")
     stages, out_shape = _plan(a.shape, axes, keepdims, "sum")
     if a.size == 0:
         return np.zeros(out_shape, dtype=a.dtype)
@@ -439,7 +435,7 @@ cdef void _extreme_stage(const real[:, :, ::1] x, real[:, ::1] out, real[::1] pa
 
 def _extreme(a, axes, keepdims, nthreads, bint is_max, str name):
     _check_array(a, name)
-    _check_threads(nthreads, name)
+    check_threads(nthreads, "nthreads")
     stages, out_shape = _plan(a.shape, axes, keepdims, name)
     if a.size == 0:
         if np.prod(out_shape) == 0:
@@ -633,7 +629,7 @@ def argmax_axis(a, axis, nthreads=1):
     TypeError / ValueError as `sum_axes`; ValueError for an empty reduced extent.
     """
     _check_array(a, "argmax")
-    _check_threads(nthreads, "argmax")
+    check_threads(nthreads, "nthreads")
     shape = a.shape
     if axis is None:
         outer, R, inner = 1, a.size, 1

@@ -20,6 +20,7 @@ import numpy as np
 
 from fastmath cimport tb_expf
 from tb_types cimport idx_t, real
+from threadcheck cimport check_threads
 
 cnp.import_array()
 
@@ -314,8 +315,7 @@ cdef object _run(object a, int axis, int nthreads, bint log_out):
     cdef int ndim = arr.ndim
     if not 0 <= axis < ndim:
         raise ValueError(f"axis: expected 0 <= axis < {ndim} for shape {a.shape}, got {axis}")
-    if nthreads < 1:
-        raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
+    check_threads(nthreads, "nthreads")
     cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(arr)
     cdef idx_t outer = 1, inner = 1, n = dims[axis]
     cdef int d
@@ -395,8 +395,7 @@ cdef object _run_backward(object z, object g, int axis, int nthreads, bint log_o
     ndim = za.ndim
     if not 0 <= axis < ndim:
         raise ValueError(f"axis: expected 0 <= axis < {ndim} for shape {z.shape}, got {axis}")
-    if nthreads < 1:
-        raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
+    check_threads(nthreads, "nthreads")
     typenum = cnp.PyArray_TYPE(za)
     cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(za)
     cdef idx_t outer = 1, inner = 1, n = dims[axis]
@@ -526,8 +525,7 @@ def cross_entropy_forward(logits, labels, double label_smoothing=0.0, int nthrea
     Raises TypeError / ValueError / IndexError (a label out of range) before any work.
     """
     _check_ce_args(logits, labels, label_smoothing)
-    if nthreads < 1:
-        raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
+    check_threads(nthreads, "nthreads")
     cdef idx_t N = logits.shape[0], C = logits.shape[1]
     loss = np.empty(N, dtype=logits.dtype)
     lse = np.empty(N, dtype=np.float64)
@@ -553,8 +551,7 @@ def cross_entropy_backward(logits, labels, lse, grad_loss, double label_smoothin
     output; grad_loss: C-contiguous (N,) array in logits' dtype. Returns (N, C).
     """
     _check_ce_args(logits, labels, label_smoothing)
-    if nthreads < 1:
-        raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
+    check_threads(nthreads, "nthreads")
     cdef idx_t N = logits.shape[0], C = logits.shape[1]
     if not isinstance(lse, np.ndarray) or lse.dtype != np.float64 or lse.shape != (N,) or not lse.flags.c_contiguous:
         raise ValueError(f"lse: expected a C-contiguous float64 array of shape ({N},)")

@@ -442,5 +442,5 @@ def test_bad_op_shape_axis_and_threads_are_rejected():
         kernels.softmax(a, 2)
     with pytest.raises(ValueError, match="axis"):
         _softmax.softmax(np.ones(()), 0)
-    with pytest.raises(ValueError, match="nthreads: expected >= 1, got 0"):
+    with pytest.raises(ValueError, match="nthreads must be >= 1, got 0"):
         _elementwise.unary("exp", a, 0)

@@ -17,6 +17,7 @@ from ._C import parallel as _parallel
 # costs more than the work. Measured on 2 cores with sleeping workers (float32 add,
 # 1 vs 2 threads): 12.6 vs 21 us at 64k elements, 127 vs 45 us at 256k.
 PARALLEL_MIN_ELEMENTS = 131072
+MAX_THREADS = _parallel.MAX_THREADS  # the most any kernel accepts (src_cy/threadcheck.pxd)
 
 
 def _cgroup_cpu_quota():
@@ -55,7 +56,7 @@ def _default_threads():
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env:
         try:
-            return max(1, int(env))
+            return min(max(1, int(env)), MAX_THREADS)
         except ValueError:
             pass
     return available_cpus()
@@ -67,14 +68,17 @@ _num_threads = _default_threads() if _parallel.openmp_enabled() else 1
 def set_num_threads(n):
     """Use `n` threads in every kernel from now on.
 
-    Raises TypeError if n is not an int, ValueError if n < 1. Without OpenMP the
-    value is recorded but kernels still run on one thread.
+    Raises TypeError if n is not an int, ValueError unless 1 <= n <= MAX_THREADS
+    (4096: libgomp itself crashes near 10^5 threads). Without OpenMP the value is
+    recorded but kernels still run on one thread.
     """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads expects an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"set_num_threads expects n >= 1, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"set_num_threads expects n <= {MAX_THREADS}, got {n}")
     _num_threads = n if _parallel.openmp_enabled() else 1
 
 

@@ -1,4 +1,5 @@
-"""Argument checks shared by the Python-facing wrappers of conv.pyx and pool.pyx.
+"""Argument checks shared by the Python-facing wrappers of conv.pyx and pool.pyx
+(thread counts: src_cy/threadcheck.pxd, shared by every kernel file).
 Each raises TypeError / ValueError naming what was expected and what came."""
 import operator
 
@@ -34,10 +35,3 @@ def _check_array(name, a, ndim, dtypes=(np.float32, np.float64)):
         raise ValueError(f"{name} must be {ndim}-D, got {a.ndim}-D with shape {a.shape}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
-
-
-def _check_threads(num_threads):
-    num_threads = _int("num_threads", num_threads)
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    return num_threads
