@@ -13,7 +13,11 @@ writes one partial slot; partials are combined afterwards in block order. So the
 result is bit-identical for 1 and for N threads. No prange `+=` reduction is used:
 OpenMP combines those in an unspecified order.
 """
+cimport numpy as cnp
+
 import numpy as np
+
+cnp.import_array()
 
 from libc.stdint cimport int64_t
 from cython.parallel cimport prange
@@ -191,6 +195,14 @@ cdef inline void _sum_rows(const real* p, idx_t nrows, idx_t width, idx_t stride
         r += 1
 
 
+cdef void _sum_short_rows(const real* x, real* out, idx_t outer, idx_t R) noexcept nogil:
+    """out[o] = sum of row o of x (outer, R), R <= ROW_BLOCK: _sum_stage's one-block case,
+    the same _sum_run per row, so the same bits, without the memoryview set-up."""
+    cdef idx_t o
+    for o in range(outer):
+        out[o] = <real>_sum_run(x + o * R, R)
+
+
 cdef void _sum_stage(const real[:, :, ::1] x, double[:, ::1] out, double[::1] part,
                      int nthreads) noexcept nogil:
     """out[o, j] = sum over r of x[o, r, j]; `part` holds the per-block partials."""
@@ -300,6 +312,23 @@ def sum_axes(a, axes, keepdims, nthreads=1):
     stages, out_shape = _plan(a.shape, axes, keepdims, "sum")
     if a.size == 0:
         return np.zeros(out_shape, dtype=a.dtype)
+    cdef cnp.ndarray res_arr
+    cdef void* src
+    cdef idx_t n_rows, row_len
+    if nthreads == 1 and len(stages) == 1 and stages[0][2] == 1 and stages[0][1] <= ROW_BLOCK:
+        # one stage of short contiguous rows (any small tensor's full sum, a loss's row
+        # sums): the fixed cost of the general path below is most of the time there
+        res_arr = np.empty(out_shape, dtype=a.dtype)
+        src = cnp.PyArray_DATA(<cnp.ndarray>a)
+        n_rows, row_len = stages[0][0], stages[0][1]
+        with nogil:
+            if cnp.PyArray_TYPE(res_arr) == cnp.NPY_FLOAT32:
+                _sum_short_rows[float](<const float*>src, <float*>cnp.PyArray_DATA(res_arr),
+                                       n_rows, row_len)
+            else:
+                _sum_short_rows[double](<const double*>src, <double*>cnp.PyArray_DATA(res_arr),
+                                        n_rows, row_len)
+        return res_arr
     cdef const float[:, :, ::1] xf
     cdef const double[:, :, ::1] xd
     cdef double[:, ::1] out

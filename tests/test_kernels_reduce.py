@@ -279,3 +279,15 @@ def test_max_of_empty_reduced_set_raises():
     with pytest.raises(ValueError, match="zero-size"):
         kernels.max(np.ones((0, 3)), (0,), False)
     assert kernels.max(np.ones((0, 3)), (1,), False).shape == (0,)
+
+
+@given(arrays_and_axes(min_side=1))
+def test_sum_short_row_path_is_the_general_path_bit_for_bit(case):
+    """With one thread a single stage of rows up to ROW_BLOCK long skips the general
+    set-up (reduce.pyx: _sum_short_rows); with two it does not. Same bits either way."""
+    a, axes, keepdims = case
+    from tinygrad_bn._C import reduce as R
+    one = R.sum_axes(a, axes, keepdims, 1)
+    two = R.sum_axes(a, axes, keepdims, 2)
+    assert one.dtype == two.dtype == a.dtype and one.shape == two.shape
+    np.testing.assert_array_equal(one, two)
