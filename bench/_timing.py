@@ -21,6 +21,33 @@ def best_time(fn, min_time=0.2, repeats=5):
     return samples[len(samples) // 2]
 
 
+def interleaved_times(fns, min_time=0.3, rounds=7):
+    """{name: seconds per call} for a dict of callables timed round-robin.
+
+    This machine's speed drifts by 20-50 % over seconds (a shared host's memory
+    bandwidth); timing one candidate after another turns that drift into a false
+    ratio. Here every round times each candidate for about min_time / rounds, in
+    turn, and each candidate keeps its fastest round: the candidates see the same
+    conditions, and the minimum is the least disturbed estimate of each.
+    """
+    loops = {}
+    for name, fn in fns.items():
+        fn()  # warm-up: allocations, caches, lazy imports
+        t0 = time.perf_counter()
+        fn()
+        one = max(time.perf_counter() - t0, 1e-7)
+        loops[name] = max(1, int(min_time / rounds / one))
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            n = loops[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / n)
+    return best
+
+
 def try_import_torch():
     try:
         import torch

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import best_time, try_import_torch  # noqa: E402
+from _timing import best_time, interleaved_times, try_import_torch  # noqa: E402
 
 import tinygrad_bn as tb  # noqa: E402
 
@@ -57,7 +57,7 @@ def time_shape(shape, threads, torch, min_time):
     c = shape[1]
     gamma = rng.standard_normal(c, dtype=np.float32)
     beta = rng.standard_normal(c, dtype=np.float32)
-    rows = {}
+    fns = {}
     F = tb.nn.functional
     for impl in ("fused", "composed"):
         xt = tb.Tensor(x, requires_grad=True)
@@ -66,17 +66,17 @@ def time_shape(shape, threads, torch, min_time):
         rm, rv = tb.zeros(c), tb.ones(c)
         dyt = tb.Tensor(dy)
 
-        def fwd():
+        def fwd(xt=xt, w=w, b=b, rm=rm, rv=rv, impl=impl):
             with tb.no_grad():
                 F.batch_norm(xt, rm, rv, w, b, training=True, impl=impl)
 
-        def fwd_bwd():
+        def fwd_bwd(xt=xt, w=w, b=b, rm=rm, rv=rv, dyt=dyt, impl=impl):
             xt.grad = w.grad = b.grad = None
             F.batch_norm(xt, rm, rv, w, b, training=True, impl=impl).backward(dyt)
-        rows[impl] = (best_time(fwd, min_time), best_time(fwd_bwd, min_time))
+        fns[impl] = (fwd, fwd_bwd)
     if threads == 1:
-        rows["numpy"] = (best_time(lambda: numpy_reference(x, gamma, beta, None), min_time),
-                         best_time(lambda: numpy_reference(x, gamma, beta, dy), min_time))
+        fns["numpy"] = (lambda: numpy_reference(x, gamma, beta, None),
+                        lambda: numpy_reference(x, gamma, beta, dy))
     if torch is not None:
         tx = torch.from_numpy(x.copy()).requires_grad_()
         tw = torch.from_numpy(gamma.copy()).requires_grad_()
@@ -91,15 +91,17 @@ def time_shape(shape, threads, torch, min_time):
         def tfwd_bwd():
             tx.grad = tw.grad = tbias.grad = None
             torch.nn.functional.batch_norm(tx, trm, trv, tw, tbias, training=True).backward(tdy)
-        rows["torch"] = (best_time(tfwd, min_time), best_time(tfwd_bwd, min_time))
-    return rows
+        fns["torch"] = (tfwd, tfwd_bwd)
+    # every candidate timed round-robin with the others (see _timing.interleaved_times)
+    times = interleaved_times({(impl, k): pair[k] for impl, pair in fns.items() for k in (0, 1)}, min_time)
+    return {impl: (times[(impl, 0)], times[(impl, 1)]) for impl in fns}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="*", default=SHAPES)
     p.add_argument("--threads", nargs="*", type=int, default=[1, 2])
-    p.add_argument("--min-time", type=float, default=0.3)
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds per candidate, over all rounds")
     args = p.parse_args()
     torch = try_import_torch()
     print(f"BatchNorm training forward / forward+backward, float32, ms; torch "

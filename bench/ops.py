@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import best_time, blas_threads, fmt, ratio, try_import_torch  # noqa: E402
+from _timing import blas_threads, fmt, interleaved_times, ratio, try_import_torch  # noqa: E402
 
 import tinygrad_bn as tb  # noqa: E402
 
@@ -53,31 +53,32 @@ def run(threads, min_time, torch):
         for name, arrays, ours, npf, tf in cases(rng):
             ts = [tb.Tensor(a) for a in arrays]
             tsg = [tb.Tensor(a, requires_grad=True) for a in arrays]
-            t_ours = best_time(lambda: ours(*ts), min_time)
-            t_np = best_time(lambda: npf(*arrays), min_time)
-
             # the upstream gradient is made once, outside the timed loop, for both libraries
             ones = tb.ones(*ours(*tsg).shape)
 
-            def ours_fb():
+            def ours_fb(ours=ours, tsg=tsg, ones=ones):
                 for t in tsg:
                     t.grad = None
                 out = ours(*tsg)
                 out.backward(None if out.size == 1 else ones)
-            t_ours_fb = best_time(ours_fb, min_time)
-            t_t = t_t_fb = None
+            fns = {"ours": lambda ours=ours, ts=ts: ours(*ts), "numpy": lambda npf=npf: npf(*arrays),
+                   "ours_fb": ours_fb}
             if torch is not None:
                 tt = [torch.from_numpy(a) for a in arrays]
                 ttg = [torch.from_numpy(a.copy()).requires_grad_() for a in arrays]
-                t_t = best_time(lambda: tf(*tt), min_time)
                 tones = torch.ones_like(tf(*tt))
 
-                def torch_fb():
+                def torch_fb(tf=tf, ttg=ttg, tones=tones):
                     for t in ttg:
                         t.grad = None
                     out = tf(*ttg)
                     out.backward(None if out.numel() == 1 else tones)
-                t_t_fb = best_time(torch_fb, min_time)
+                fns["torch"] = lambda tf=tf, tt=tt: tf(*tt)
+                fns["torch_fb"] = torch_fb
+            # all candidates of a case timed round-robin (see _timing.interleaved_times)
+            t = interleaved_times(fns, min_time)
+            t_ours, t_np, t_ours_fb = t["ours"], t["numpy"], t["ours_fb"]
+            t_t, t_t_fb = t.get("torch"), t.get("torch_fb")
             rows.append((name, t_ours, t_np, t_t, t_ours_fb, t_t_fb))
     return rows
 
@@ -88,7 +89,7 @@ def main():
     p.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     args = p.parse_args()
     torch = try_import_torch()
-    min_time = 0.05 if args.quick else 0.3
+    min_time = 0.2 if args.quick else 1.0
     print(f"float32; torch {'%s' % torch.__version__ if torch else 'not installed'}; numpy {np.__version__}")
     results = {}
     for n in args.threads:

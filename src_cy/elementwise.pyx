@@ -320,6 +320,44 @@ cdef void _binary(int op, const real* a, const real* b, real* out, const Plan* p
         _binary_range(op, a, b, out, p, _chunk(p.size, t, nthreads), _chunk(p.size, t + 1, nthreads))
 
 
+# ---------------------------------------------------------------- broadcast copy
+
+cdef void _expand_range(const real* a, real* out, const Plan* p, idx_t start,
+                        idx_t stop) noexcept nogil:
+    """out[start:stop] of the flat output: out = a broadcast (a is operand 0 of p; the
+    plan's operand 1 is the output's own shape and is never read)."""
+    cdef Cursor c
+    cdef idx_t pos = start, col, n, i, sa = p.step[0]
+    cdef const real* src
+    cdef real v
+    if start >= stop:
+        return
+    _seek(p, &c, start // p.inner)
+    col = start % p.inner
+    while True:
+        n = min(p.inner - col, stop - pos)
+        src = a + c.off[0] + col * sa
+        if sa == 1:
+            for i in range(n): out[pos + i] = src[i]
+        else:  # a is broadcast along the row
+            v = src[0]
+            for i in range(n): out[pos + i] = v
+        pos += n
+        if pos >= stop:
+            break
+        col = 0
+        _next_row(p, &c)
+
+
+cdef void _expand(const real* a, real* out, const Plan* p, int nthreads) noexcept nogil:
+    cdef int t
+    if nthreads <= 1:
+        _expand_range(a, out, p, 0, p.size)
+        return
+    for t in prange(nthreads, num_threads=nthreads, schedule='static'):
+        _expand_range(a, out, p, _chunk(p.size, t, nthreads), _chunk(p.size, t + 1, nthreads))
+
+
 # ---------------------------------------------------------------- compare
 
 cdef inline void _compare_row(int op, const real* a, idx_t sa, const real* b, idx_t sb,
@@ -630,6 +668,37 @@ def binary(str op, a, b, int nthreads=1):
             _binary(code, <const float*>pa, <const float*>pb, <float*>po, &p, nthreads)
         else:
             _binary(code, <const double*>pa, <const double*>pb, <double*>po, &p, nthreads)
+    return out
+
+
+def expand(a, tuple shape, int nthreads=1):
+    """A new C-contiguous array of `shape` holding `a` broadcast to it (numpy's rules).
+
+    Parameters
+    ----------
+    a : ndarray, C-contiguous float32 or float64
+    shape : tuple of int, a shape `a` broadcasts to (the result has exactly this shape)
+    nthreads : int, OpenMP threads (>= 1)
+
+    Raises TypeError for a wrong dtype, ValueError when a does not broadcast to shape.
+    """
+    cdef int typenum = _check_float(a, "a")
+    check_threads(nthreads, "nthreads")
+    cdef Plan p
+    cdef cnp.npy_intp dims[MAXDIMS]
+    cdef int nd = _plan(&p, (a.shape, shape), dims)
+    if nd != len(shape) or tuple([dims[d] for d in range(nd)]) != tuple(shape):
+        raise ValueError(f"expand: expected a shape that {a.shape} broadcasts to, got {shape}")
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    cdef void* pa = cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef void* po = cnp.PyArray_DATA(out)
+    if p.size == 0:
+        return out
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _expand(<const float*>pa, <float*>po, &p, nthreads)
+        else:
+            _expand(<const double*>pa, <double*>po, &p, nthreads)
     return out
 
 

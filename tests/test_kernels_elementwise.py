@@ -4,6 +4,8 @@ Arithmetic that IEEE rounds exactly (add sub mul div maximum minimum, comparison
 where, clip) must equal numpy bit for bit, NaN and inf included; transcendental
 functions are held to a few ulps of a float64 reference.
 """
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -356,6 +358,22 @@ def test_softmax_backward_kernels_reject_mismatched_operands():
         kernels.softmax_backward(z, z, 2)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("src, shape", [((3, 1), (3, 4)), ((1, 4), (3, 4)), ((), (2, 3)), ((5,), (2, 3, 5)),
+                                         ((2, 1, 3), (2, 4, 3)), ((1,), (0,)), ((1, 1), (1, 1))])
+def test_expand_is_numpy_broadcast_to_made_contiguous(src, shape, dtype):
+    a = np.random.default_rng(0).standard_normal(src).astype(dtype)
+    got = kernels.expand(a, shape)
+    assert got.shape == shape and got.dtype == dtype and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, np.broadcast_to(a, shape))
+
+
+@pytest.mark.parametrize("src, shape", [((3,), (4,)), ((3, 4), (4,)), ((2, 3), (1, 3))])
+def test_expand_rejects_a_shape_the_array_does_not_broadcast_to(src, shape):
+    with pytest.raises(ValueError, match=re.escape(str(shape))):
+        kernels.expand(np.ones(src, np.float32), shape)
+
+
 # ---------------------------------------------------------------- threads
 
 def _big(dtype, shape, seed=0):
@@ -380,6 +398,8 @@ THREADED = {
     "clip":          lambda a, b, v: kernels.clip(a, -1.0, 0.5),
     "softmax_last":  lambda a, b, v: kernels.softmax(a, 1),
     "softmax_first": lambda a, b, v: kernels.log_softmax(a, 0),
+    "expand_rows":   lambda a, b, v: kernels.expand(v, a.shape),
+    "expand_cols":   lambda a, b, v: kernels.expand(a[:, :1].copy(), a.shape),
     "softmax_bwd":   lambda a, b, v: kernels.softmax_backward(kernels.softmax(a, 1), b, 1),
     "log_softmax_bwd_first": lambda a, b, v: kernels.log_softmax_backward(kernels.log_softmax(a, 0), b, 0),
 }

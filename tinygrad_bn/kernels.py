@@ -5,6 +5,8 @@ float64; the Tensor layer has already promoted mixed operands) and returns a new
 C-contiguous array. Broadcasting is handled here without materialising the
 expanded operand. Nothing here knows about Tensor or autograd.
 """
+import math
+
 from ._C import batchnorm as _batchnorm
 from ._C import elementwise as _elementwise
 from ._C import index as _index
@@ -23,6 +25,11 @@ def binary(op, a, b):
     """out = op(a, b) with numpy broadcasting. op: add sub mul div pow maximum minimum."""
     n = a.size if a.shape == b.shape else _elementwise.broadcast_size(a.shape, b.shape)
     return _elementwise.binary(op, a, b, threads_for(n))
+
+
+def expand(a, shape):
+    """A new C-contiguous array of `shape` holding `a` broadcast to it (parallel copy)."""
+    return _elementwise.expand(a, tuple(shape), threads_for(math.prod(shape)))
 
 
 def compare(op, a, b):
