@@ -67,22 +67,9 @@ cnp.import_array()
 
 cdef extern from *:
     """
-    /* Unit sums over one contiguous run, in float64, as explicit vectors of doubles
-       (GCC/Clang vector extensions): 32 lanes in four 8-double accumulators per sum
-       (enough independent chains to hide the add latency), a scalar tail, then a
-       fixed fold. Without -ffast-math a compiler may not split one running sum into
-       lanes, and GCC's SLP vectoriser handled the Cython form of this loop only
-       partly (scalar squares); written with vector types the lane layout is explicit,
-       identical for every thread count, and vectorised with AVX2 or AVX-512 alike. */
-    typedef double tb_v8d __attribute__((vector_size(64)));
-    /* unaligned, aliasing views of 8 floats / 8 doubles in the caller's arrays */
-    typedef float tb_v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
-    typedef double tb_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
-    /* (macros, not functions: a vector-typed argument or result warns -Wpsabi in
-       builds without AVX-512) */
-    #define tb_load_f32(p) __builtin_convertvector(*(const tb_v8f_u *)(p), tb_v8d)
-    #define tb_load_f64(p) ((tb_v8d)*(const tb_v8d_u *)(p))
-    #define tb_fold(v) ((((v)[0] + (v)[4]) + ((v)[2] + (v)[6])) + (((v)[1] + (v)[5]) + ((v)[3] + (v)[7])))
+    /* Unit sums over one contiguous run, in float64, with the vector types of
+       vec8d.h (four 8-double accumulators per sum, a scalar tail, a fixed fold). */
+    #include "vec8d.h"
 
     /* out[0] = sum(x - K), out[1] = sum((x - K)^2) */
     #define TB_SUM_SHIFTED(NAME, T, LOAD)                                          \
