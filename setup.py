@@ -86,6 +86,10 @@ directives = {
     "embedsignature": True,
 }
 
+# Per-file flags. optim: no fused multiply-add, so its updates round as the numpy
+# expressions (and torch's formulas) they replace.
+EXTRA_ARGS = {"optim": ["-ffp-contract=off"]}
+
 only = [s.strip() for s in os.environ.get("TB_EXTENSIONS", "").split(",") if s.strip()]
 extensions = []
 for path in sorted(glob.glob(os.path.join("src_cy", "*.pyx"))):
@@ -98,7 +102,7 @@ for path in sorted(glob.glob(os.path.join("src_cy", "*.pyx"))):
             [path],
             include_dirs=[np.get_include(), "src_cy"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("TB_OPENMP", int(openmp))],
-            extra_compile_args=compile_args,
+            extra_compile_args=compile_args + EXTRA_ARGS.get(name, []),
             extra_link_args=link_args,
         )
     )

@@ -1,4 +1,8 @@
 """Stochastic gradient descent with momentum, as torch.optim.SGD."""
+import numpy as np
+
+from .._C import optim as _optim
+from ..threads import threads_for
 from .optimizer import Optimizer, check_number
 
 
@@ -33,15 +37,15 @@ class SGD(Optimizer):
                 f"momentum={group['momentum']!r}, dampening={group['dampening']!r}")
 
     def _update(self, param, grad, state, group):
-        lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
-        if group["weight_decay"] != 0:
-            grad = grad + group["weight_decay"] * param
-        if momentum != 0:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = grad.copy()
-            else:
-                buf *= momentum
-                buf += (1 - dampening) * grad
-            grad = grad + momentum * buf if group["nesterov"] else buf
-        param += -lr * grad
+        # One fused pass (src_cy/optim.pyx), the formulas above in numpy's rounding order.
+        momentum = group["momentum"]
+        buf = state.get("momentum_buffer") if momentum != 0 else None
+        first = momentum != 0 and buf is None
+        if first:
+            buf = state["momentum_buffer"] = np.empty_like(param)
+        elif buf is not None and (buf.dtype != param.dtype or not buf.flags.c_contiguous):
+            # (a loaded state dict may hold another dtype or layout)
+            buf = state["momentum_buffer"] = np.ascontiguousarray(buf, dtype=param.dtype)
+        _optim.sgd_step(param, np.ascontiguousarray(grad, dtype=param.dtype), buf, group["lr"], momentum,
+                        group["dampening"], group["weight_decay"], group["nesterov"], first,
+                        threads_for(param.size))
