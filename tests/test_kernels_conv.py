@@ -456,21 +456,26 @@ def test_kernel_independent_of_thread_count(conv_geometry, pool_geometry, dtype,
                        for t in (1, 2)])
 
 
-def test_conv2d_independent_of_thread_count():
+@pytest.mark.parametrize("n", [1, 5, 8, 40])
+def test_conv2d_independent_of_thread_count(n):
+    """Images split across threads (n >= threads), or one image's kernels and GEMMs
+    threaded (n = 1), or uneven splits with several grad_w groups (n = 5, 40): the same
+    bits as one thread."""
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((8, 8, 20, 20)).astype(np.float32)   # above threads' parallel threshold
+    x = rng.standard_normal((n, 8, 20, 20)).astype(np.float32)
     w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
-    g = rng.standard_normal((8, 6, 20, 20)).astype(np.float32)
+    g = rng.standard_normal((n, 6, 20, 20)).astype(np.float32)
     before = threads.get_num_threads()
     results = []
     try:
-        for t in (1, 2):
+        for t in (1, 2, 3):
             threads.set_num_threads(t)
             results.append((ck.conv2d_forward(x, w, None, 1, 1, 1),) + ck.conv2d_backward(x, w, g, 1, 1, 1))
     finally:
         threads.set_num_threads(before)
-    for a, b in zip(*results):
-        assert same_bits(a, b)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert same_bits(a, b)
 
 
 # ---------------------------------------------------------------------------------------

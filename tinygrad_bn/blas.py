@@ -87,6 +87,24 @@ def _split_axis(a, b):
     return None
 
 
+def parallel_parts(n, fn, flops):
+    """Call fn(lo, hi) over [0, n) split into contiguous parts, one per thread, when the
+    work (`flops`) is worth a thread hand-off; part 0 runs on the calling thread. fn
+    must release the GIL in its heavy calls (numpy's BLAS and our kernels do) and write
+    only its own part of any output."""
+    threads = get_num_threads()
+    if threads < 2 or n < 2 or flops < GEMM_PARALLEL_FLOPS:
+        fn(0, n)
+        return
+    parts = min(threads, n)
+    bounds = [n * i // parts for i in range(parts + 1)]
+    pool = _executor(parts - 1)
+    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    fn(bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+
+
 def matmul(a, b, out=None):
     """np.matmul(a, b, out=out) (2-D or batched operands, any strides numpy's BLAS path
     accepts), split across tb.get_num_threads() threads when large."""

@@ -24,7 +24,7 @@ from ._C import conv as _conv
 from ._C._checks import _int
 from ._C import pool as _pool
 from . import blas
-from .threads import threads_for
+from .threads import get_num_threads, threads_for
 
 # NOTE: chunks that fit in L2 (2 MiB per core here) beat larger ones: cols is still in
 # L2 when the GEMM reads it. 1 thread, x (64,16,28,28), w (32,16,3,3), thread CPU time:
@@ -149,17 +149,41 @@ def _forward(x, w, b, stride, padding, dilation, OH, OW):
     if N == 0:
         return y
     step = _chunk(N, K * L * x.itemsize)
-    buf = np.empty((step, K, L), dtype=x.dtype)
-    for n0 in range(0, N, step):
-        n1 = min(N, n0 + step)
-        cols = buf[: n1 - n0]
-        _conv.im2col(x[n0:n1], kh, kw, stride, padding, dilation,
-                     threads_for(cols.size), out=cols)
-        # y[n] = w2 @ cols[n]
-        blas.matmul(w2, cols, out=y3[n0:n1])
+    nt, matmul = _inner(N)
+
+    def images(lo, hi):
+        # y[n] = w2 @ cols[n] for n in [lo, hi), an L2-sized chunk of cols at a time
+        buf = np.empty((min(step, hi - lo), K, L), dtype=x.dtype)
+        for n0 in range(lo, hi, step):
+            n1 = min(hi, n0 + step)
+            cols = buf[: n1 - n0]
+            _conv.im2col(x[n0:n1], kh, kw, stride, padding, dilation, nt(cols.size), out=cols)
+            matmul(w2, cols, out=y3[n0:n1])
+    # NOTE: the images are split across the threads, each running im2col + GEMM on its
+    # own chunks: one hand-off per call (per-chunk parallel regions cost 4 ms of a 37 ms
+    # CNN step at 2 threads). Each y[n] is the same single-threaded computation whatever
+    # the split, so the result does not depend on the thread count.
+    blas.parallel_parts(N, images, 2 * N * O * K * L)
     if b is not None:
         y3 += b[:, None]
     return y
+
+
+def _inner(N):
+    """(thread count for a chunk's im2col/col2im, GEMM function) inside one part of
+    parallel_parts: one thread each when the images are split across the threads;
+    when there are fewer images than threads (one big image) the images are not split
+    and each chunk's kernels and GEMMs use the threads instead."""
+    if N >= get_num_threads():
+        return (lambda size: 1), np.matmul
+    return threads_for, blas.matmul
+
+
+# grad_w sums per-image products over the batch. The images are cut into at most
+# GRAD_W_GROUPS groups fixed by the shape alone; each group's products are summed in
+# image order into its own slot, and the slots in group order: the same sums in the
+# same order for any thread count, with bounded scratch memory.
+GRAD_W_GROUPS = 8
 
 
 def _backward(x, w, grad_y, stride, padding, dilation, need_x, need_w, need_b):
@@ -175,34 +199,42 @@ def _backward(x, w, grad_y, stride, padding, dilation, need_x, need_w, need_b):
     grad_b = gy3.sum(axis=(0, 2), dtype=np.float64).astype(x.dtype) if need_b else None
     if N > 0 and (need_x or need_w):
         step = _chunk(N, K * L * x.itemsize)
-        buf = np.empty((step, K, L), dtype=x.dtype)
+        group = max(step, -(-N // GRAD_W_GROUPS))  # images per grad_w group
+        nt, matmul = _inner(N)
+        ngroups = -(-N // group)
         # grad_w is accumulated transposed, (K, O): cols[n] @ grad_y[n].T is the faster
-        # orientation for numpy's BLAS with these shapes (10.3 vs 12.6 ms for the case above)
-        grad_wt = np.zeros((K, O), dtype=x.dtype) if need_w else None
-        prods = np.empty((step, K, O), dtype=x.dtype) if need_w else None
+        # orientation for numpy's BLAS with these shapes (10.3 vs 12.6 ms, x (64,16,28,28))
+        slots = np.zeros((ngroups, K, O), dtype=x.dtype) if need_w else None
         w2t = np.ascontiguousarray(w2.T) if need_x else None
-        for n0 in range(0, N, step):
-            n1 = min(N, n0 + step)
-            cols = buf[: n1 - n0]
-            nt = threads_for(cols.size)
-            if need_w:
-                _conv.im2col(x[n0:n1], kh, kw, stride, padding, dilation, nt, out=cols)
-                # grad_w.T = sum_n cols[n] @ grad_y[n].T: the per-image products run on
-                # the threads, the sum runs in the fixed order n = 0..N-1, so the result
-                # does not depend on the thread count
-                part = prods[: n1 - n0]
-                blas.matmul(cols, gy3[n0:n1].transpose(0, 2, 1), out=part)
-                for p in part:
-                    grad_wt += p
-            if need_x:
-                # grad_cols[n] = w2.T @ grad_y[n]; grad_x[n] = col2im(grad_cols[n])
-                blas.matmul(w2t, gy3[n0:n1], out=cols)
-                _conv.col2im(cols, (n1 - n0, C, H, W), kh, kw, stride, padding, dilation,
-                             nt, out=grad_x[n0:n1])
+
+        def groups(g_lo, g_hi):
+            buf = np.empty((min(step, group), K, L), dtype=x.dtype)
+            prods = np.empty((min(step, group), K, O), dtype=x.dtype) if need_w else None
+            for g in range(g_lo, g_hi):
+                for n0 in range(g * group, min(N, (g + 1) * group), step):
+                    n1 = min(N, (g + 1) * group, n0 + step)
+                    cols = buf[: n1 - n0]
+                    if need_w:
+                        _conv.im2col(x[n0:n1], kh, kw, stride, padding, dilation, nt(cols.size), out=cols)
+                        part = prods[: n1 - n0]
+                        matmul(cols, gy3[n0:n1].transpose(0, 2, 1), out=part)
+                        for p in part:  # in image order
+                            slots[g] += p
+                    if need_x:
+                        # grad_cols[n] = w2.T @ grad_y[n]; grad_x[n] = col2im(grad_cols[n])
+                        matmul(w2t, gy3[n0:n1], out=cols)
+                        _conv.col2im(cols, (n1 - n0, C, H, W), kh, kw, stride, padding, dilation,
+                                     nt(cols.size), out=grad_x[n0:n1])
+        blas.parallel_parts(ngroups, groups, 2 * N * O * K * L * (int(need_w) + int(need_x)))
+        if need_w:
+            grad_wt = slots[0]
+            for g in range(1, ngroups):  # in group order
+                grad_wt += slots[g]
+            grad_w = np.ascontiguousarray(grad_wt.T).reshape(w.shape)
     elif need_x:
         grad_x.fill(0)
-    if need_w:
-        grad_w = (np.ascontiguousarray(grad_wt.T) if N > 0 else np.zeros((O, K), x.dtype)).reshape(w.shape)
+    if need_w and grad_w is None:
+        grad_w = np.zeros(w.shape, dtype=x.dtype)
     return grad_x, grad_w, grad_b
 
 
