@@ -302,28 +302,44 @@ cdef void _softmax_backward(const real* z, const real* g, real* dx, idx_t outer,
 
 # ---------------------------------------------------------------- Python wrappers
 
-cdef object _run(object a, int axis, int nthreads, bint log_out):
+cdef cnp.ndarray _float_array(str name, object a):
+    """a as an ndarray: TypeError unless float32/float64 in native byte order,
+    ValueError unless C-contiguous and aligned."""
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"a: expected a numpy.ndarray, got {type(a).__name__}")
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef int typenum = cnp.PyArray_TYPE(arr)
     if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not cnp.PyArray_ISNOTSWAPPED(arr):
-        raise TypeError(f"a: expected dtype float32 or float64 (native byte order), got {a.dtype}")
+        raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), got {a.dtype}")
     if not cnp.PyArray_ISCARRAY_RO(arr):
-        raise ValueError(f"a: expected a C-contiguous aligned array, got shape {a.shape} "
+        raise ValueError(f"{name}: expected a C-contiguous aligned array, got shape {a.shape} "
                          f"with strides {a.strides}")
-    cdef int ndim = arr.ndim
+    return arr
+
+
+cdef int _split_axis(cnp.ndarray arr, int axis, idx_t* outer, idx_t* n, idx_t* inner) except -1:
+    """arr seen as (outer, n, inner) around `axis`; ValueError unless 0 <= axis < ndim."""
+    cdef int ndim = arr.ndim, d
     if not 0 <= axis < ndim:
-        raise ValueError(f"axis: expected 0 <= axis < {ndim} for shape {a.shape}, got {axis}")
-    check_threads(nthreads, "nthreads")
+        raise ValueError(f"axis: expected 0 <= axis < {ndim} for shape {(<object>arr).shape}, got {axis}")
     cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(arr)
-    cdef idx_t outer = 1, inner = 1, n = dims[axis]
-    cdef int d
+    outer[0] = 1
+    inner[0] = 1
+    n[0] = dims[axis]
     for d in range(axis):
-        outer *= dims[d]
+        outer[0] *= dims[d]
     for d in range(axis + 1, ndim):
-        inner *= dims[d]
-    cdef cnp.ndarray out = cnp.PyArray_EMPTY(ndim, dims, typenum, 0)
+        inner[0] *= dims[d]
+    return 0
+
+
+cdef object _run(object a, int axis, int nthreads, bint log_out):
+    cdef cnp.ndarray arr = _float_array("a", a)
+    cdef idx_t outer, n, inner
+    _split_axis(arr, axis, &outer, &n, &inner)
+    check_threads(nthreads, "nthreads")
+    cdef int typenum = cnp.PyArray_TYPE(arr)
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(arr.ndim, cnp.PyArray_DIMS(arr), typenum, 0)
     cdef void* px = cnp.PyArray_DATA(arr)
     cdef void* po = cnp.PyArray_DATA(out)
     if outer * n * inner == 0:
@@ -377,33 +393,14 @@ def log_softmax(a, int axis, int nthreads=1):
 
 
 cdef object _run_backward(object z, object g, int axis, int nthreads, bint log_out):
-    cdef int typenum, ndim, d
-    cdef cnp.ndarray za, ga
-    for name, a in (("z", z), ("g", g)):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
-        typenum = cnp.PyArray_TYPE(<cnp.ndarray>a)
-        if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a):
-            raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), got {a.dtype}")
-        if not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a):
-            raise ValueError(f"{name}: expected a C-contiguous aligned array, got shape {a.shape} "
-                             f"with strides {a.strides}")
-    za = <cnp.ndarray>z
-    ga = <cnp.ndarray>g
+    cdef cnp.ndarray za = _float_array("z", z), ga = _float_array("g", g)
     if za.dtype != ga.dtype or z.shape != g.shape:
         raise ValueError(f"g: expected the dtype and shape of z, {z.dtype} {z.shape}, got {g.dtype} {g.shape}")
-    ndim = za.ndim
-    if not 0 <= axis < ndim:
-        raise ValueError(f"axis: expected 0 <= axis < {ndim} for shape {z.shape}, got {axis}")
+    cdef idx_t outer, n, inner
+    _split_axis(za, axis, &outer, &n, &inner)
     check_threads(nthreads, "nthreads")
-    typenum = cnp.PyArray_TYPE(za)
-    cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(za)
-    cdef idx_t outer = 1, inner = 1, n = dims[axis]
-    for d in range(axis):
-        outer *= dims[d]
-    for d in range(axis + 1, ndim):
-        inner *= dims[d]
-    cdef cnp.ndarray out = cnp.PyArray_EMPTY(ndim, dims, typenum, 0)
+    cdef int typenum = cnp.PyArray_TYPE(za)
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(za.ndim, cnp.PyArray_DIMS(za), typenum, 0)
     cdef void* pz = cnp.PyArray_DATA(za)
     cdef void* pg = cnp.PyArray_DATA(ga)
     cdef void* po = cnp.PyArray_DATA(out)

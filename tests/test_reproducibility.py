@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 import pytest
+from _training import run_steps, state_arrays
 
 import tinygrad_bn as tb
 from tinygrad_bn import blas, conv_kernels, kernels
@@ -30,7 +31,6 @@ pytest.importorskip("sklearn")
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 STEPS = 200
-F = tb.nn.functional
 
 
 @functools.cache
@@ -86,21 +86,11 @@ def train(variant, threads, seed=0):
     else:
         model, lr = _example("train_cnn_digits").make_cnn(impl=variant["impl"]), 0.05
         x, y = _digits(False)
-    initial = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    initial = state_arrays(model)
     opt = tb.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loader = tb.data.DataLoader(x, y, batch_size=variant["batch"], shuffle=True, drop_last=True, seed=seed)
     model.train()
-    step = 0
-    while step < STEPS:
-        for xb, yb in loader:
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step == STEPS:
-                break
-    return initial, {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    return initial, run_steps(model, opt, loader, STEPS)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from _training import run_steps
 
 import tinygrad_bn as tb
 from tinygrad_bn import conv_kernels, kernels
@@ -71,19 +72,8 @@ def train_mlp(seed, impl, batch, hidden, steps=40, barrier=None):
                           nn.Linear(hidden, 4))
     opt = tb.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loader = tb.data.DataLoader(x, y, batch_size=batch, shuffle=True, drop_last=True, seed=seed)
-    step = 0
-    while step < steps:
-        for xb, yb in loader:
-            if barrier is not None:
-                barrier.wait(TIMEOUT)  # every thread finishes step k before any starts step k + 1
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step == steps:
-                break
-    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    # with a barrier every thread finishes step k before any starts step k + 1
+    return run_steps(model, opt, loader, steps, None if barrier is None else lambda: barrier.wait(TIMEOUT))
 
 
 # (seed, impl) of the four models; each thread trains a different one
