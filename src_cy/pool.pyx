@@ -88,32 +88,15 @@ cdef inline idx_t _avg_count(idx_t h0, idx_t w0, idx_t H, idx_t W, idx_t kh, idx
     return (h1 - h0) * (w1 - w0)
 
 
-cdef void _avg_fwd_plane(const real* x, real* y, idx_t H, idx_t W,
-                         idx_t kh, idx_t kw, idx_t sh, idx_t sw, idx_t ph, idx_t pw,
-                         idx_t OH, idx_t OW, bint count_include_pad) noexcept nogil:
+cdef void _avg_plane(const real* src, real* dst, idx_t H, idx_t W,
+                     idx_t kh, idx_t kw, idx_t sh, idx_t sw, idx_t ph, idx_t pw,
+                     idx_t OH, idx_t OW, bint count_include_pad, bint backward) noexcept nogil:
+    """One (n, c) plane of average pooling, walking every window once.
+    forward  (src = x, dst = y):           y = (sum over the window's inputs of x) / count
+    backward (src = grad_y, dst = grad_x): grad_x[window] += grad_y / count
+    The backward adds in a fixed (oh, ow, ih, iw) order, so it is bit-reproducible."""
     cdef idx_t oh, ow, ih, iw, h0, w0, ih_lo, ih_hi, iw_lo, iw_hi, count
     cdef double acc
-    for oh in range(OH):
-        h0 = oh * sh - ph
-        ih_lo = h0 if h0 > 0 else 0
-        ih_hi = h0 + kh if h0 + kh < H else H
-        for ow in range(OW):
-            w0 = ow * sw - pw
-            iw_lo = w0 if w0 > 0 else 0
-            iw_hi = w0 + kw if w0 + kw < W else W
-            count = _avg_count(h0, w0, H, W, kh, kw, ph, pw, count_include_pad)
-            # y = (sum over the window's inputs of x) / count, summed in double
-            acc = 0.0
-            for ih in range(ih_lo, ih_hi):
-                for iw in range(iw_lo, iw_hi):
-                    acc += x[ih * W + iw]
-            y[oh * OW + ow] = <real>(acc / count) if count > 0 else 0
-
-
-cdef void _avg_bwd_plane(const real* grad_y, real* grad_x, idx_t H, idx_t W,
-                         idx_t kh, idx_t kw, idx_t sh, idx_t sw, idx_t ph, idx_t pw,
-                         idx_t OH, idx_t OW, bint count_include_pad) noexcept nogil:
-    cdef idx_t oh, ow, ih, iw, h0, w0, ih_lo, ih_hi, iw_lo, iw_hi, count
     cdef real g
     for oh in range(OH):
         h0 = oh * sh - ph
@@ -124,13 +107,19 @@ cdef void _avg_bwd_plane(const real* grad_y, real* grad_x, idx_t H, idx_t W,
             iw_lo = w0 if w0 > 0 else 0
             iw_hi = w0 + kw if w0 + kw < W else W
             count = _avg_count(h0, w0, H, W, kh, kw, ph, pw, count_include_pad)
-            if count <= 0:
-                continue
-            # grad_x[window] += grad_y / count   (fixed (oh, ow, ih, iw) order)
-            g = grad_y[oh * OW + ow] / <real>count
-            for ih in range(ih_lo, ih_hi):
-                for iw in range(iw_lo, iw_hi):
-                    grad_x[ih * W + iw] += g
+            if backward:
+                if count <= 0:
+                    continue
+                g = src[oh * OW + ow] / <real>count
+                for ih in range(ih_lo, ih_hi):
+                    for iw in range(iw_lo, iw_hi):
+                        dst[ih * W + iw] += g
+            else:
+                acc = 0.0  # summed in double
+                for ih in range(ih_lo, ih_hi):
+                    for iw in range(iw_lo, iw_hi):
+                        acc += src[ih * W + iw]
+                dst[oh * OW + ow] = <real>(acc / count) if count > 0 else 0
 
 
 cdef void _max_fwd_run(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
@@ -169,8 +158,8 @@ cdef void _avg_fwd_run(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     cdef real* yp = &y[0, 0, 0, 0]
     # plane p = n*C + c: x[p] -> y[p]
     for p in prange(NC, nogil=True, num_threads=num_threads, schedule='static'):
-        _avg_fwd_plane(xp + p * H * W, yp + p * OH * OW, H, W,
-                       kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad)
+        _avg_plane(xp + p * H * W, yp + p * OH * OW, H, W,
+                   kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad, False)
 
 
 cdef void _avg_bwd_run(const real[:, :, :, ::1] grad_y, real[:, :, :, ::1] grad_x,
@@ -183,8 +172,8 @@ cdef void _avg_bwd_run(const real[:, :, :, ::1] grad_y, real[:, :, :, ::1] grad_
     cdef real* gxp = &grad_x[0, 0, 0, 0]
     # plane p: grad_x[p] += spread(grad_y[p]); each thread owns grad_x[p]
     for p in prange(NC, nogil=True, num_threads=num_threads, schedule='static'):
-        _avg_bwd_plane(gyp + p * OH * OW, gxp + p * H * W, H, W,
-                       kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad)
+        _avg_plane(gyp + p * OH * OW, gxp + p * H * W, H, W,
+                   kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad, True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -97,6 +97,14 @@ class Pow(Function):
         return gx, gy
 
 
+def _select_grads(g, x, y, wins):
+    """Gradients of max/min(x, y): g goes to the winning side (compare op `wins`: "gt"
+    for max, "lt" for min), half to each side where x == y."""
+    share_x = kernels.compare(wins, x.data, y.data) + 0.5 * kernels.compare("eq", x.data, y.data)
+    share_x = share_x.astype(g.dtype)
+    return g * _const(share_x), g * _const((1.0 - share_x).astype(g.dtype))
+
+
 class Maximum(Function):
     """z = max(x, y); where x == y each side gets half the gradient"""
     numpy_op = np.maximum
@@ -105,10 +113,7 @@ class Maximum(Function):
         return kernels.binary("maximum", x, y)
 
     def backward(self, g):
-        x, y = self.inputs
-        share_x = kernels.compare("gt", x.data, y.data) + 0.5 * kernels.compare("eq", x.data, y.data)
-        share_x = share_x.astype(g.dtype)
-        return g * _const(share_x), g * _const((1.0 - share_x).astype(g.dtype))
+        return _select_grads(g, *self.inputs, "gt")
 
 
 class Minimum(Function):
@@ -119,10 +124,7 @@ class Minimum(Function):
         return kernels.binary("minimum", x, y)
 
     def backward(self, g):
-        x, y = self.inputs
-        share_x = kernels.compare("lt", x.data, y.data) + 0.5 * kernels.compare("eq", x.data, y.data)
-        share_x = share_x.astype(g.dtype)
-        return g * _const(share_x), g * _const((1.0 - share_x).astype(g.dtype))
+        return _select_grads(g, *self.inputs, "lt")
 
 
 class Where(Function):
