@@ -337,36 +337,30 @@ def test_conv2d_with_mixed_dtypes_promotes_to_float64(x_dtype, w_dtype):
 
 
 # ---------------------------------------------------------------- against torch
-@given(conv_cases(nd=2))
-def test_conv2d_matches_torch_forward_and_backward(case):
+def _conv_vs_torch(nd, case):
+    """Forward values and all input gradients of our conv{nd}d against torch's, in float64."""
     torch = import_torch()
     x, w, b, kw, rkw = case
     ours = conv_inputs(x, w, b)
     theirs = [torch.tensor(t.numpy(), requires_grad=True) for t in ours]
-    y = F.conv2d(*ours, **kw)
-    yt = torch.nn.functional.conv2d(*theirs, **rkw)
+    y = getattr(F, f"conv{nd}d")(*ours, **kw)
+    yt = getattr(torch.nn.functional, f"conv{nd}d")(*theirs, **(rkw if nd == 2 else kw))
     g = np.random.default_rng(0).standard_normal(y.shape)
     y.backward(tb.Tensor(g))
     yt.backward(torch.tensor(g))
     np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=1e-10, atol=1e-12)
     for a, t in zip(ours, theirs):
         np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@given(conv_cases(nd=2))
+def test_conv2d_matches_torch_forward_and_backward(case):
+    _conv_vs_torch(2, case)
 
 
 @given(conv_cases(nd=1))
 def test_conv1d_matches_torch_forward_and_backward(case):
-    torch = import_torch()
-    x, w, b, kw, _ = case
-    ours = conv_inputs(x, w, b)
-    theirs = [torch.tensor(t.numpy(), requires_grad=True) for t in ours]
-    y = F.conv1d(*ours, **kw)
-    yt = torch.nn.functional.conv1d(*theirs, **kw)
-    g = np.random.default_rng(0).standard_normal(y.shape)
-    y.backward(tb.Tensor(g))
-    yt.backward(torch.tensor(g))
-    np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=1e-10, atol=1e-12)
-    for a, t in zip(ours, theirs):
-        np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=1e-10, atol=1e-12)
+    _conv_vs_torch(1, case)
 
 
 def _pool_vs_torch(ours_fn, torch_fn, x, kw):
