@@ -76,14 +76,23 @@ def train_epochs(model, opt, loader, x_test, y_test, epochs, quiet, desc):
     return history
 
 
-def plot_history(history, path, title):
-    """Write loss and accuracy curves to a PNG (skipped, with a note, without matplotlib)."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None (after a note) when
+    matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib not installed: no figure (pip install -e '.[examples]')")
+        return None
+    return plt
+
+
+def plot_history(history, path, title):
+    """Write loss and accuracy curves to a PNG (skipped, with a note, without matplotlib)."""
+    plt = pyplot()
+    if plt is None:
         return
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     epochs = np.arange(1, len(history["loss"]) + 1)

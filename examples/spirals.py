@@ -9,7 +9,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinygrad_bn as tb  # noqa: E402
-from _common import accuracy, base_parser, setup, train_epochs  # noqa: E402
+from _common import accuracy, base_parser, pyplot, setup, train_epochs  # noqa: E402
 
 nn = tb.nn
 
@@ -22,12 +22,8 @@ def make_net(bn, impl, hidden=64):
 
 
 def plot_boundary(model, x, y, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no figure (pip install -e '.[examples]')")
+    plt = pyplot()
+    if plt is None:
         return
     grid = np.linspace(-1.3, 1.3, 200, dtype=np.float32)
     gx, gy = np.meshgrid(grid, grid)

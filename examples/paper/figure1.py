@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinygrad_bn as tb  # noqa: E402
+from _common import pyplot  # noqa: E402
 
 nn = tb.nn
 F = tb.nn.functional
@@ -159,12 +160,8 @@ def table(results, unit):
 
 
 def plot(res, dataset, unit, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no figure")
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     for name, style in (("no BN", "--"), ("BN", "-")):

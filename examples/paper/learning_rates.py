@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinygrad_bn as tb  # noqa: E402
+from _common import pyplot  # noqa: E402
 from figure1 import DATASETS, accuracy, make_net  # noqa: E402
 
 nn = tb.nn
@@ -117,12 +118,8 @@ def sweep_table(results, lrs):
 
 
 def plot(results, lrs, saturation, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no figure")
+    plt = pyplot()
+    if plt is None:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     for bn, style in ((False, "o--"), (True, "s-")):

@@ -17,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinygrad_bn as tb  # noqa: E402
+from _common import pyplot  # noqa: E402
 
 nn = tb.nn
 F = tb.nn.functional
@@ -89,12 +90,8 @@ def table(rows):
 
 
 def plot(rows, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no figure")
+    plt = pyplot()
+    if plt is None:
         return
     names = list(rows)
     r = np.array([np.mean(rows[n], axis=0) for n in names])

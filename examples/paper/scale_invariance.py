@@ -17,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinygrad_bn as tb  # noqa: E402
+from _common import pyplot  # noqa: E402
 
 F = tb.nn.functional
 SCALES = (0.01, 0.1, 10.0, 100.0)
@@ -96,12 +97,8 @@ def table(rows, title):
 
 
 def plot(rows, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no figure")
+    plt = pyplot()
+    if plt is None:
         return
     a = np.array([r["a"] for r in rows])
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
