@@ -438,8 +438,9 @@ cdef enum:
     CE_CHUNK = 256  # exp values buffered on the stack per step along a row
 
 
-cdef double _row_logsumexp(const real* x, idx_t n) noexcept nogil:
-    """m + log(sum(exp(x - m))), m = max(x): the row's log-partition, in float64."""
+cdef double _row_log_sum(const real* x, idx_t n, real* m_out) noexcept nogil:
+    """log(sum(exp(x - m))) in float64, with m = max(x) written to m_out: the row's
+    log-partition is m + that, kept as two parts (see _ce_backward)."""
     cdef real buf[CE_CHUNK]
     cdef real m = _row_max(x, n, buf)
     cdef double s = 0
@@ -452,36 +453,45 @@ cdef double _row_logsumexp(const real* x, idx_t n) noexcept nogil:
             buf[j] = _exp(x[j0 + j] - m)
         s += _row_sum(buf, h)
         j0 += h
-    return m + log(s)
+    m_out[0] = m
+    return log(s)
 
 
-cdef void _ce_forward(const real* x, const long long* labels, real* loss, double* lse,
+cdef void _ce_forward(const real* x, const long long* labels, real* loss, double* parts,
                       idx_t N, idx_t C, double smoothing, int nthreads) noexcept nogil:
     # loss_i = (1 - s) (lse_i - x[i, y_i]) + s (lse_i - mean_j x[i, j]),  lse_i = log sum_j exp x[i, j]
+    # with lse_i = m_i + log_sum_i kept as parts[i] = (m_i, log_sum_i)
     cdef idx_t i
-    cdef double l, mean_x
+    cdef double ls, mean_x
+    cdef real m
     for i in prange(N, num_threads=nthreads, schedule='static'):
-        l = _row_logsumexp(x + i * C, C)
-        lse[i] = l
+        ls = _row_log_sum(x + i * C, C, &m)
+        parts[2 * i] = m
+        parts[2 * i + 1] = ls
         mean_x = _row_sum(x + i * C, C) / C if smoothing != 0 else 0.0
-        loss[i] = <real>((1.0 - smoothing) * (l - x[i * C + labels[i]]) + smoothing * (l - mean_x))
+        # NOTE: m - x is exact in double (both are values of the row); the log-partition
+        # itself is never rounded as one number of magnitude |x|
+        loss[i] = <real>((1.0 - smoothing) * ((m - <double>x[i * C + labels[i]]) + ls)
+                         + smoothing * ((m - mean_x) + ls))
 
 
-cdef void _ce_backward(const real* x, const long long* labels, const double* lse, const real* grad_loss,
+cdef void _ce_backward(const real* x, const long long* labels, const double* parts, const real* grad_loss,
                        real* grad_x, idx_t N, idx_t C, double smoothing, int nthreads) noexcept nogil:
     # grad_x[i, j] = grad_loss_i * (softmax(x)[i, j] - (1 - s) [j == y_i] - s / C)
-    # NOTE: lse is split as hi + lo in the logits' dtype: for float32 logits of 1e4 a
-    # single rounding of lse would be off by ~1e-3 and so would every probability;
-    # (x - hi) is exact where it matters (x close to hi) and lo restores the rest.
+    # softmax(x)[i, j] = exp((x[i, j] - m_i) - log_sum_i), from the forward's parts.
+    # NOTE: the log-partition m + log_sum rounded as one number would be off by about
+    # |m| ulps (1e-3 in float32 and 1e-12 in float64 at logits of 1e4), and so would
+    # every probability. Kept in parts: m is a value of the row (exact in x's dtype),
+    # x - m is exact where it matters (x close to m), log_sum lies in [0, log C].
     cdef idx_t i, j
-    cdef real g, shift, hi, lo
+    cdef real g, shift, m, ls
     for i in prange(N, num_threads=nthreads, schedule='static'):
         g = grad_loss[i]
-        hi = <real>lse[i]
-        lo = <real>(lse[i] - hi)
+        m = <real>parts[2 * i]
+        ls = <real>parts[2 * i + 1]
         shift = <real>(smoothing / C)
         for j in range(C):
-            grad_x[i * C + j] = g * (_exp((x[i * C + j] - hi) - lo) - shift)
+            grad_x[i * C + j] = g * (_exp((x[i * C + j] - m) - ls) - shift)
         grad_x[i * C + labels[i]] -= g * <real>(1.0 - smoothing)
 
 
@@ -502,7 +512,7 @@ cdef _check_ce_args(logits, labels, double smoothing):
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"label_smoothing: expected 0 <= s <= 1, got {smoothing}")
     if logits.shape[1] == 0 and logits.shape[0] > 0:
-        raise ValueError("logits: expected at least one class, got shape {logits.shape}")
+        raise ValueError(f"logits: expected at least one class, got shape {logits.shape}")
 
 
 def cross_entropy_forward(logits, labels, double label_smoothing=0.0, int nthreads=1):
@@ -518,45 +528,48 @@ def cross_entropy_forward(logits, labels, double label_smoothing=0.0, int nthrea
     Returns
     -------
     loss : ndarray (N,) in logits' dtype
-    lse : float64 ndarray (N,), log(sum(exp(logits))) per row, for the backward
+    lse_parts : float64 ndarray (N, 2): per row the max m and log(sum(exp(logits - m))),
+        whose sum is the row's log-partition, kept apart for the backward
     Raises TypeError / ValueError / IndexError (a label out of range) before any work.
     """
     _check_ce_args(logits, labels, label_smoothing)
     check_threads(nthreads, "nthreads")
     cdef idx_t N = logits.shape[0], C = logits.shape[1]
     loss = np.empty(N, dtype=logits.dtype)
-    lse = np.empty(N, dtype=np.float64)
-    cdef cnp.ndarray x_arr = logits, lab_arr = labels, loss_arr = loss, lse_arr = lse
+    lse_parts = np.empty((N, 2), dtype=np.float64)
+    cdef cnp.ndarray x_arr = logits, lab_arr = labels, loss_arr = loss, lse_arr = lse_parts
     cdef const long long* lp = <const long long*>cnp.PyArray_DATA(lab_arr)
     cdef double* sp = <double*>cnp.PyArray_DATA(lse_arr)
     cdef void* xp = cnp.PyArray_DATA(x_arr)
     cdef void* op = cnp.PyArray_DATA(loss_arr)
     if N == 0:
-        return loss, lse
+        return loss, lse_parts
     with nogil:
         if cnp.PyArray_TYPE(x_arr) == cnp.NPY_FLOAT32:
             _ce_forward(<const float*>xp, lp, <float*>op, sp, N, C, label_smoothing, nthreads)
         else:
             _ce_forward(<const double*>xp, lp, <double*>op, sp, N, C, label_smoothing, nthreads)
-    return loss, lse
+    return loss, lse_parts
 
 
-def cross_entropy_backward(logits, labels, lse, grad_loss, double label_smoothing=0.0, int nthreads=1):
+def cross_entropy_backward(logits, labels, lse_parts, grad_loss, double label_smoothing=0.0, int nthreads=1):
     """grad_logits[i, j] = grad_loss[i] * (softmax(logits)[i, j] - (1 - s)[j == labels[i]] - s / C).
 
-    logits, labels, label_smoothing as in cross_entropy_forward; lse: its float64 (N,)
-    output; grad_loss: C-contiguous (N,) array in logits' dtype. Returns (N, C).
+    logits, labels, label_smoothing as in cross_entropy_forward; lse_parts: its float64
+    (N, 2) output; grad_loss: C-contiguous (N,) array in logits' dtype. Returns (N, C).
     """
     _check_ce_args(logits, labels, label_smoothing)
     check_threads(nthreads, "nthreads")
     cdef idx_t N = logits.shape[0], C = logits.shape[1]
-    if not isinstance(lse, np.ndarray) or lse.dtype != np.float64 or lse.shape != (N,) or not lse.flags.c_contiguous:
-        raise ValueError(f"lse: expected a C-contiguous float64 array of shape ({N},)")
+    if not isinstance(lse_parts, np.ndarray) or lse_parts.dtype != np.float64 or lse_parts.shape != (N, 2) \
+            or not lse_parts.flags.c_contiguous:
+        raise ValueError(f"lse_parts: expected a C-contiguous float64 array of shape ({N}, 2), got "
+                         f"{getattr(lse_parts, 'dtype', type(lse_parts).__name__)} {getattr(lse_parts, 'shape', '')}")
     if not isinstance(grad_loss, np.ndarray) or grad_loss.dtype != logits.dtype or grad_loss.shape != (N,) \
             or not grad_loss.flags.c_contiguous:
         raise ValueError(f"grad_loss: expected a C-contiguous {logits.dtype} array of shape ({N},)")
     grad = np.empty_like(logits)
-    cdef cnp.ndarray x_arr = logits, lab_arr = labels, lse_arr = lse, g_arr = grad_loss, out_arr = grad
+    cdef cnp.ndarray x_arr = logits, lab_arr = labels, lse_arr = lse_parts, g_arr = grad_loss, out_arr = grad
     cdef const long long* lp = <const long long*>cnp.PyArray_DATA(lab_arr)
     cdef const double* sp = <const double*>cnp.PyArray_DATA(lse_arr)
     cdef void* xp = cnp.PyArray_DATA(x_arr)

@@ -355,7 +355,7 @@ def fuzz_softmax(d):
     smoothing = d.choose((0.0, 0.1, 1.0), (-0.1, 1.5, float("nan")), "smoothing")
     ok, out = call("softmax", "cross_entropy_forward", S.cross_entropy_forward, logits, labels, smoothing,
                    d.threads())
-    lse = out[1] if ok and not (d.mutate and d.flag("corrupt_lse")) else d.array((n,), "float64", "lse")
+    lse = out[1] if ok and not (d.mutate and d.flag("corrupt_lse")) else d.array((n, 2), "float64", "lse")
     grad_loss = d.array((n,), logits.dtype if isinstance(logits, np.ndarray) else None, "grad_loss")
     return call("softmax", "cross_entropy_backward", S.cross_entropy_backward, logits, labels, lse,
                 grad_loss, smoothing, d.threads())

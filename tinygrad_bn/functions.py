@@ -434,7 +434,7 @@ class CrossEntropy(Function):
     derivatives are exact."""
 
     def forward(self, x):
-        loss, self.lse = kernels.cross_entropy_forward(x, self.labels, self.smoothing)
+        loss, self.lse_parts = kernels.cross_entropy_forward(x, self.labels, self.smoothing)
         return loss
 
     def backward(self, g):
@@ -444,7 +444,7 @@ class CrossEntropy(Function):
             target = np.full((n, c), self.smoothing / c, dtype=x.dtype)
             target[np.arange(n), self.labels] += 1.0 - self.smoothing
             return (x.softmax(1) - _const(target)) * g.reshape(n, 1)
-        return _const(kernels.cross_entropy_backward(x.data, self.labels, self.lse,
+        return _const(kernels.cross_entropy_backward(x.data, self.labels, self.lse_parts,
                                                      np.asarray(g.data, order="C"), self.smoothing))
 
 

@@ -137,11 +137,11 @@ def batch_norm_backward(x, grad_y, mean, inv_std, weight):
 # ------------------------------------------------------------------ cross-entropy (src_cy/softmax.pyx)
 def cross_entropy_forward(logits, labels, label_smoothing):
     """Fused per-row softmax cross-entropy of logits (N, C) against int64 labels (N,).
-    Returns (loss (N,), lse float64 (N,))."""
+    Returns (loss (N,), lse_parts float64 (N, 2): each row's max and log-sum-exp below it)."""
     return _softmax.cross_entropy_forward(logits, labels, label_smoothing, threads_for(logits.size))
 
 
-def cross_entropy_backward(logits, labels, lse, grad_loss, label_smoothing):
+def cross_entropy_backward(logits, labels, lse_parts, grad_loss, label_smoothing):
     """grad_logits = grad_loss[:, None] * (softmax(logits) - (1 - s) onehot(labels) - s / C)."""
-    return _softmax.cross_entropy_backward(logits, labels, lse, grad_loss, label_smoothing,
+    return _softmax.cross_entropy_backward(logits, labels, lse_parts, grad_loss, label_smoothing,
                                            threads_for(logits.size))
