@@ -438,9 +438,9 @@ cdef enum:
     CE_CHUNK = 256  # exp values buffered on the stack per step along a row
 
 
-cdef double _row_log_sum(const real* x, idx_t n, real* m_out) noexcept nogil:
-    """log(sum(exp(x - m))) in float64, with m = max(x) written to m_out: the row's
-    log-partition is m + that, kept as two parts (see _ce_backward)."""
+cdef double _row_log_sum(const real* x, idx_t n, double* m_out) noexcept nogil:
+    """log(sum(exp(x - m))) in float64, with m = max(x) written to m_out (the row's own
+    slot): the row's log-partition is m + that, kept as two parts (see _ce_backward)."""
     cdef real buf[CE_CHUNK]
     cdef real m = _row_max(x, n, buf)
     cdef double s = 0
@@ -462,11 +462,13 @@ cdef void _ce_forward(const real* x, const long long* labels, real* loss, double
     # loss_i = (1 - s) (lse_i - x[i, y_i]) + s (lse_i - mean_j x[i, j]),  lse_i = log sum_j exp x[i, j]
     # with lse_i = m_i + log_sum_i kept as parts[i] = (m_i, log_sum_i)
     cdef idx_t i
-    cdef double ls, mean_x
-    cdef real m
+    cdef double ls, mean_x, m
     for i in prange(N, num_threads=nthreads, schedule='static'):
-        ls = _row_log_sum(x + i * C, C, &m)
-        parts[2 * i] = m
+        # NOTE: the max goes straight into the row's slot: a pointer to a loop-local
+        # variable would make it shared between the threads (prange privatises only
+        # variables assigned in the loop body)
+        ls = _row_log_sum(x + i * C, C, &parts[2 * i])
+        m = parts[2 * i]
         parts[2 * i + 1] = ls
         mean_x = _row_sum(x + i * C, C) / C if smoothing != 0 else 0.0
         # NOTE: m - x is exact in double (both are values of the row); the log-partition
