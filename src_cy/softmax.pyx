@@ -161,6 +161,17 @@ cdef void _softmax_cols(const real* x, real* o, idx_t n, idx_t inner, idx_t w,
                 oi[k] = oi[k] * c[k]
 
 
+cdef inline idx_t _block_width(idx_t outer, idx_t inner, int nthreads) noexcept nogil:
+    """Width of the column blocks when the axis is not the last (inner > 1): task t =
+    (outer index t // nblk, block t % nblk), nblk = ceil(inner / width). Blocks are as
+    wide as BLOCK allows (long contiguous row segments) but at least nthreads tasks
+    exist; columns are independent, so the split does not change any result."""
+    cdef idx_t nblk = (inner + BLOCK - 1) // BLOCK
+    if outer * nblk < nthreads:
+        nblk = min(inner, (nthreads + outer - 1) // outer)
+    return (inner + nblk - 1) // nblk
+
+
 cdef void _softmax(const real* x, real* o, idx_t outer, idx_t n, idx_t inner, bint log_out,
                    int nthreads) noexcept nogil:
     cdef idx_t r, t, b, nblk, width, ntasks
@@ -172,14 +183,8 @@ cdef void _softmax(const real* x, real* o, idx_t outer, idx_t n, idx_t inner, bi
             for r in prange(outer, num_threads=nthreads, schedule='static'):
                 _softmax_row(x + r * n, o + r * n, n, log_out)
         return
-    # task t = (outer index r, column block b); each task owns its output columns.
-    # Blocks are as wide as BLOCK allows (long contiguous row segments) but at
-    # least nthreads tasks exist; columns are independent, so this does not change
-    # any result.
-    nblk = (inner + BLOCK - 1) // BLOCK
-    if outer * nblk < nthreads:
-        nblk = min(inner, (nthreads + outer - 1) // outer)
-    width = (inner + nblk - 1) // nblk
+    # task t = (outer index r, column block b); each task owns its output columns
+    width = _block_width(outer, inner, nthreads)
     nblk = (inner + width - 1) // width
     ntasks = outer * nblk
     if nthreads <= 1:
@@ -282,10 +287,7 @@ cdef void _softmax_backward(const real* z, const real* g, real* dx, idx_t outer,
             for r in prange(outer, num_threads=nthreads, schedule='static'):
                 _softmax_backward_row(z + r * n, g + r * n, dx + r * n, n, log_out)
         return
-    nblk = (inner + BLOCK - 1) // BLOCK
-    if outer * nblk < nthreads:
-        nblk = min(inner, (nthreads + outer - 1) // outer)
-    width = (inner + nblk - 1) // nblk
+    width = _block_width(outer, inner, nthreads)
     nblk = (inner + width - 1) // width
     ntasks = outer * nblk
     if nthreads <= 1:
