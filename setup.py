@@ -86,9 +86,10 @@ directives = {
     "embedsignature": True,
 }
 
-# Per-file flags. optim: no fused multiply-add, so its updates round as the numpy
-# expressions (and torch's formulas) they replace.
-EXTRA_ARGS = {"optim": ["-ffp-contract=off"]}
+# Per-file flags, both "no fused multiply-add": optim, so its updates round as the
+# numpy expressions (and torch's formulas) they replace; batchnorm, so the unit sums
+# it inlines in two places (one run and two side by side) round identically.
+EXTRA_ARGS = {"optim": ["-ffp-contract=off"], "batchnorm": ["-ffp-contract=off"]}
 
 only = [s.strip() for s in os.environ.get("TB_EXTENSIONS", "").split(",") if s.strip()]
 extensions = []

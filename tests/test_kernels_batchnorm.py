@@ -270,7 +270,8 @@ def test_kernel_independent_of_thread_count(shape, dtype):
 @pytest.mark.parametrize("shape", [(6, 3, 300), (2, 5, 20000), (16, 8, 500), (3, 7, 64)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_schedules_give_identical_bits(shape, dtype):
-    """Planes in memory order and whole channels per thread compute the same partials."""
+    """Planes in memory order (one unit at a time) and whole channels per thread (samples
+    in pairs, the last one alone for odd N) compute the same partials."""
     rng = np.random.default_rng(8)
     C = shape[1]
     x = (rng.standard_normal(shape) * 2 - 7).astype(dtype)

@@ -291,3 +291,20 @@ def test_sum_short_row_path_is_the_general_path_bit_for_bit(case):
     two = R.sum_axes(a, axes, keepdims, 2)
     assert one.dtype == two.dtype == a.dtype and one.shape == two.shape
     np.testing.assert_array_equal(one, two)
+
+
+@given(st.sampled_from(DTYPES), st.integers(1, 11), st.integers(28, 140), st.integers(1, 3))
+def test_row_sums_do_not_depend_on_neighbouring_rows(dtype, rows, length, nthreads):
+    """Contiguous rows are summed four side by side (vec8d.h TB_SUM_RUN4) where four
+    remain and one at a time otherwise; a row's sum must be the same bits either way,
+    i.e. the sum of that row alone, and match float64 to summation accuracy."""
+    from tinygrad_bn._C import reduce as R
+    rng = np.random.default_rng(rows * 1000 + length)
+    a = (rng.standard_normal((rows, length)) * 10 ** rng.uniform(-3, 3, (rows, 1))).astype(dtype)
+    together = R.sum_axes(a, (1,), False, nthreads)
+    for r in range(rows):
+        alone = R.sum_axes(np.ascontiguousarray(a[r:r + 1]), (1,), False, nthreads)
+        np.testing.assert_array_equal(together[r:r + 1], alone)
+    exact = a.astype(np.float64).sum(axis=1)
+    bound = length * EPS64 * np.abs(a.astype(np.float64)).sum(axis=1) + np.abs(exact) * np.finfo(dtype).eps
+    assert np.all(np.abs(together.astype(np.float64) - exact) <= bound)
