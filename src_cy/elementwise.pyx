@@ -45,6 +45,7 @@ _BINARY = {"add": ADD, "sub": SUB, "mul": MUL, "div": DIV, "pow": POW,
 _COMPARE = {"lt": LT, "le": LE, "gt": GT, "ge": GE, "eq": EQ, "ne": NE}
 _UNARY = {"neg": NEG, "exp": EXP, "log": LOG, "sqrt": SQRT, "relu": RELU,
           "sigmoid": SIGMOID, "tanh": TANH, "abs": ABS}
+_UNARY_BACKWARD = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
 # fmt: on
 
 
@@ -544,6 +545,33 @@ cdef void _unary(int op, const real* a, real* o, idx_t size, int nthreads) noexc
         _unary_range(op, a, o, _chunk(size, t, nthreads), _chunk(size, t + 1, nthreads))
 
 
+cdef void _unary_backward_range(int op, const real* s, const real* g, real* o, idx_t start,
+                                idx_t stop) noexcept nogil:
+    # o = g * dz/dx from what the forward saved (s: x for relu, z for sigmoid and tanh),
+    # in the order of functions.py's Tensor formulas
+    cdef idx_t i
+    cdef real zero = 0, one = 1  # typed: a literal 1 would make Cython compute in double
+    if op == RELU:
+        # g where x > 0 else 0 (NaN x gives 0, as where(x > 0, g, 0))
+        for i in range(start, stop): o[i] = g[i] if s[i] > zero else zero
+    elif op == SIGMOID:
+        # g * z * (1 - z)
+        for i in range(start, stop): o[i] = g[i] * s[i] * (one - s[i])
+    elif op == TANH:
+        # g * (1 - z * z)
+        for i in range(start, stop): o[i] = g[i] * (one - s[i] * s[i])
+
+
+cdef void _unary_backward(int op, const real* s, const real* g, real* o, idx_t size,
+                          int nthreads) noexcept nogil:
+    cdef int t
+    if nthreads <= 1:
+        _unary_backward_range(op, s, g, o, 0, size)
+        return
+    for t in prange(nthreads, num_threads=nthreads, schedule='static'):
+        _unary_backward_range(op, s, g, o, _chunk(size, t, nthreads), _chunk(size, t + 1, nthreads))
+
+
 cdef void _pow_scalar_range(const real* a, real p, real* o, idx_t start, idx_t stop) noexcept nogil:
     # o = a ** p; x*x, 1/x and sqrt are correctly rounded, so those fast paths give
     # numpy's results exactly
@@ -810,6 +838,49 @@ def unary(str op, a, int nthreads=1):
             _unary(code, <const float*>pa, <float*>po, size, nthreads)
         else:
             _unary(code, <const double*>pa, <double*>po, size, nthreads)
+    return out
+
+
+def unary_backward(str op, saved, g, int nthreads=1):
+    """grad_x = g * dz/dx of a unary op in one pass, from what its forward saved.
+
+    Parameters
+    ----------
+    op : str
+        relu (saved = x: g where x > 0 else 0), sigmoid (saved = z: g * z * (1 - z)) or
+        tanh (saved = z: g * (1 - z * z)).
+    saved, g : ndarray
+        C-contiguous, the same shape and the same dtype, float32 or float64.
+    nthreads : int
+        OpenMP threads (>= 1).
+
+    Returns
+    -------
+    ndarray, new, same shape and dtype as g.
+
+    Raises
+    ------
+    TypeError for a non-array or mismatched dtypes; ValueError for an unknown op,
+    a non-contiguous array or different shapes.
+    """
+    cdef int code = _op_code(_UNARY_BACKWARD, op, "unary backward")
+    cdef int typenum = _check_float(saved, "saved")
+    if _check_float(g, "g") != typenum:
+        raise TypeError(f"saved and g: expected the same dtype, got {saved.dtype} and {g.dtype}")
+    if saved.shape != g.shape:
+        raise ValueError(f"saved and g: expected the same shape, got {saved.shape} and {g.shape}")
+    check_threads(nthreads, "nthreads")
+    cdef cnp.ndarray garr = <cnp.ndarray>g
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(garr.ndim, cnp.PyArray_DIMS(garr), typenum, 0)
+    cdef idx_t size = cnp.PyArray_SIZE(garr)
+    cdef void* ps = cnp.PyArray_DATA(<cnp.ndarray>saved)
+    cdef void* pg = cnp.PyArray_DATA(garr)
+    cdef void* po = cnp.PyArray_DATA(out)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _unary_backward(code, <const float*>ps, <const float*>pg, <float*>po, size, nthreads)
+        else:
+            _unary_backward(code, <const double*>ps, <const double*>pg, <double*>po, size, nthreads)
     return out
 
 

@@ -464,3 +464,57 @@ def test_bad_op_shape_axis_and_threads_are_rejected():
         _softmax.softmax(np.ones(()), 0)
     with pytest.raises(ValueError, match="nthreads must be >= 1, got 0"):
         _elementwise.unary("exp", a, 0)
+
+
+# ---------------------------------------------------------------- fused unary backward
+
+@pytest.mark.parametrize("op", ["relu", "sigmoid", "tanh"])
+@given(a=float_arrays(lo=-30, hi=30), seed=st.integers(0, 2**16))
+def test_unary_backward_is_the_tensor_formula(op, a, seed):
+    """One pass computing g * dz/dx from the saved x (relu) or z (sigmoid, tanh): the
+    formulas functions.py writes in Tensor ops, in the same order, so relu and sigmoid
+    are bit for bit numpy; tanh's 1 - z*z may be one fused multiply-add, so it is held
+    to be no further from the exact value than the Tensor formula plus 2 ulp."""
+    g = np.random.default_rng(seed).standard_normal(a.shape).astype(a.dtype)
+    saved = a if op == "relu" else kernels.unary(op, a)
+    got = _elementwise.unary_backward(op, saved, g, 1)
+    with np.errstate(all="ignore"):
+        want = {"relu": lambda: np.where(saved > 0, g, a.dtype.type(0)),
+                "sigmoid": lambda: g * saved * (1 - saved),
+                "tanh": lambda: g * (1 - saved * saved)}[op]()
+    assert got.dtype == a.dtype and got.shape == a.shape
+    if op == "tanh":
+        # no worse than the Tensor formula's own rounding (1 - z*z cancels near |z| = 1)
+        # reference: 1 - z*z = (1 - z)(1 + z), both factors exact in long double (64
+        # significant bits on x86), so near |z| = 1 nothing cancels
+        z = saved.astype(np.longdouble)
+        exact = g.astype(np.longdouble) * ((1 - z) * (1 + z))
+        slack = np.abs(want - exact) + 2 * np.spacing(np.abs(want)).astype(np.longdouble)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        ok = ~np.isnan(want)
+        assert np.all(np.abs(got[ok] - exact[ok]) <= slack[ok])
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["relu", "sigmoid", "tanh"])
+def test_unary_backward_independent_of_thread_count(op, dtype):
+    a, g = _big(dtype, (301, 1001), 0), _big(dtype, (301, 1001), 1)
+    saved = a if op == "relu" else kernels.unary(op, a)
+    np.testing.assert_array_equal(_elementwise.unary_backward(op, saved, g, 1),
+                                  _elementwise.unary_backward(op, saved, g, 2))
+
+
+def test_unary_backward_rejects_mismatched_operands():
+    s32, s64 = np.ones((2, 3), np.float32), np.ones((2, 3), np.float64)
+    with pytest.raises(ValueError, match="unknown unary backward op 'exp'"):
+        _elementwise.unary_backward("exp", s32, s32, 1)
+    with pytest.raises(TypeError, match="expected the same dtype, got float32 and float64"):
+        _elementwise.unary_backward("relu", s32, s64, 1)
+    with pytest.raises(ValueError, match=r"expected the same shape, got \(2, 3\) and \(3, 2\)"):
+        _elementwise.unary_backward("relu", s32, np.ones((3, 2), np.float32), 1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _elementwise.unary_backward("tanh", s32.T, s32.T.copy(), 1)
+    with pytest.raises(ValueError, match="nthreads"):
+        _elementwise.unary_backward("sigmoid", s32, s32, 0)
