@@ -56,7 +56,8 @@ as written. On planes, pass 1 of a whole-channel task sums samples n and n + 1
 side by side (two memory streams per array instead of one, 1.1-1.2x faster on
 planes of 1 K - 50 K values); the memory-order schedule sums one unit at a time,
 and the two give the same bits because this module is compiled with
--ffp-contract=off (no multiply-add fused in one copy of a loop but not another).
+-ffp-contract=off (no multiply-add fused in one copy of a loop but not another);
+the output maps ask for their multiply-adds explicitly (tb_fma).
 """
 cimport numpy as cnp
 from cython.parallel cimport prange
@@ -80,6 +81,16 @@ cdef extern from *:
        NOTE: two runs side by side keep twice the memory streams in flight: pass 1
        over planes of 1 K to 50 K values ran 1.1-1.2x faster than one run at a time. */
     #include "vec8d.h"
+    #include <math.h>
+
+    /* a * b + c for the output maps: one fused multiply-add where the target has it
+       (the module is built with -ffp-contract=off, so only these are fused), two
+       roundings where it has not (fma() would be a slow library call there). */
+    #ifdef __FMA__
+    #define tb_fma(a, b, c) fma((a), (b), (c))
+    #else
+    #define tb_fma(a, b, c) ((a) * (b) + (c))
+    #endif
 
     /* out[0] = sum(x - K), out[1] = sum((x - K)^2) */
     #define TB_SUM_SHIFTED(NAME, T, LOAD)                                           \
@@ -140,6 +151,7 @@ cdef extern from *:
     TB_SUM_GRAD(tb_sum_grad_f32, float, tb_load_f32)
     TB_SUM_GRAD(tb_sum_grad_f64, double, tb_load_f64)
     """
+    double tb_fma(double a, double b, double c) noexcept nogil
     void tb_sum_shifted_f32(const float* x, idx_t n, idx_t stride, double K, double* out,
                             idx_t ostride, int R) noexcept nogil
     void tb_sum_shifted_f64(const double* x, idx_t n, idx_t stride, double K, double* out,
@@ -338,12 +350,12 @@ cdef inline void _unit_affine(const real* x, const real* grad_y, real* out, idx_
     if grad_y == NULL:
         # y = (x - mean) * alpha + beta,  alpha = gamma * inv_std
         for j in range(n):
-            out[j] = <real>((<double>x[j] - m) * a + b)
+            out[j] = <real>tb_fma(<double>x[j] - m, a, b)
     else:
         # grad_x = gamma * inv_std * (grad_y - (grad_beta + x_hat * grad_gamma) / M)
         #        = alpha * grad_y + ((x - mean) * beta + delta)
         for j in range(n):
-            out[j] = <real>(a * <double>grad_y[j] + ((<double>x[j] - m) * b + d))
+            out[j] = <real>tb_fma(a, <double>grad_y[j], tb_fma(<double>x[j] - m, b, d))
 
 
 cdef inline void _unit_out(const real* x, const real* grad_y, real* out, Plan* p, idx_t u,
@@ -527,12 +539,13 @@ cdef inline void _row_affine(const real* x, const real* grad_y, real* out, idx_t
     if grad_y == NULL:
         # y = (x - mean) * alpha + beta,  alpha = gamma * inv_std
         for j in range(n):
-            out[j] = <real>((<double>x[j] - mean[j]) * alpha[j] + beta[j])
+            out[j] = <real>tb_fma(<double>x[j] - mean[j], alpha[j], beta[j])
     else:
         # grad_x = gamma * inv_std * (grad_y - (grad_beta + x_hat * grad_gamma) / M)
         #        = alpha * grad_y + ((x - mean) * beta + delta)
         for j in range(n):
-            out[j] = <real>(alpha[j] * <double>grad_y[j] + ((<double>x[j] - mean[j]) * beta[j] + delta[j]))
+            out[j] = <real>tb_fma(alpha[j], <double>grad_y[j],
+                                  tb_fma(<double>x[j] - mean[j], beta[j], delta[j]))
 
 
 cdef inline void _rows_out(const real* x, const real* grad_y, real* out, Plan* p,
