@@ -92,74 +92,58 @@ cdef extern from *:
     #define tb_fma(a, b, c) ((a) * (b) + (c))
     #endif
 
-    /* out[0] = sum(x - K), out[1] = sum((x - K)^2) */
-    #define TB_SUM_SHIFTED(NAME, T, LOAD)                                           \
-    static inline __attribute__((always_inline)) void NAME(                         \
-            const T *x, Py_ssize_t n, Py_ssize_t stride, double K, double *out,     \
-            Py_ssize_t ostride, const int R) {                                      \
-        tb_v8d s1[2][4], s2[2][4];                                                  \
-        double t1[2] = {0.0, 0.0}, t2[2] = {0.0, 0.0};                              \
-        Py_ssize_t i = 0;                                                           \
-        _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)                                    \
-            _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)                                \
-                s1[r][v] = s2[r][v] = (tb_v8d){0};                                  \
-        for (; i + 32 <= n; i += 32)                                                \
-            _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)                                \
-                _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++) {                          \
-                    tb_v8d d = LOAD(x + r * stride + i + 8 * v) - K;                \
-                    s1[r][v] += d;                                                  \
-                    s2[r][v] += d * d;                                              \
-                }                                                                   \
-        _Pragma("GCC unroll 2") for (int r = 0; r < R; r++) {                                  \
-            for (Py_ssize_t j = i; j < n; j++) {                                    \
-                double d = (double)x[r * stride + j] - K;                           \
-                t1[r] += d; t2[r] += d * d;                                         \
-            }                                                                       \
+    /* Forward (g NULL): out[0] = sum(x - c), out[1] = sum((x - c)^2), c the shift K.
+       Backward: out[0] = sum(g), out[1] = sum((x - c) * g), c the mean. */
+    #define TB_UNIT_SUMS(NAME, T, LOAD)                                            \
+    static inline __attribute__((always_inline)) void NAME(                        \
+            const T *x, const T *g, Py_ssize_t n, Py_ssize_t stride, double c,     \
+            double *out, Py_ssize_t ostride, const int R) {                        \
+        tb_v8d s1[2][4], s2[2][4];                                                 \
+        double t1[2] = {0.0, 0.0}, t2[2] = {0.0, 0.0};                             \
+        Py_ssize_t i = 0;                                                          \
+        _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)                        \
+            _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)                    \
+                s1[r][v] = s2[r][v] = (tb_v8d){0};                                 \
+        if (g == NULL) {                                                           \
+            for (; i + 32 <= n; i += 32)                                           \
+                _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)                \
+                    _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++) {          \
+                        tb_v8d d = LOAD(x + r * stride + i + 8 * v) - c;           \
+                        s1[r][v] += d;                                             \
+                        s2[r][v] += d * d;                                         \
+                    }                                                              \
+            _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)                    \
+                for (Py_ssize_t j = r * stride + i; j < r * stride + n; j++) {     \
+                    double d = (double)x[j] - c;                                   \
+                    t1[r] += d; t2[r] += d * d;                                    \
+                }                                                                  \
+        } else {                                                                   \
+            for (; i + 32 <= n; i += 32)                                           \
+                _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)                \
+                    _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++) {          \
+                        Py_ssize_t o = r * stride + i + 8 * v;                     \
+                        tb_v8d gv = LOAD(g + o);                                   \
+                        s1[r][v] += gv;                                            \
+                        s2[r][v] += (LOAD(x + o) - c) * gv;                        \
+                    }                                                              \
+            _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)                    \
+                for (Py_ssize_t j = r * stride + i; j < r * stride + n; j++) {     \
+                    t1[r] += (double)g[j]; t2[r] += ((double)x[j] - c) * (double)g[j]; \
+                }                                                                  \
+        }                                                                          \
+        _Pragma("GCC unroll 2") for (int r = 0; r < R; r++) {                      \
             out[r * ostride] = tb_fold((s1[r][0] + s1[r][1]) + (s1[r][2] + s1[r][3])) + t1[r]; \
             out[r * ostride + 1] = tb_fold((s2[r][0] + s2[r][1]) + (s2[r][2] + s2[r][3])) + t2[r]; \
-        }                                                                           \
+        }                                                                          \
     }
-    /* out[0] = sum(grad_y), out[1] = sum((x - mean) * grad_y) */
-    #define TB_SUM_GRAD(NAME, T, LOAD)                                              \
-    static inline __attribute__((always_inline)) void NAME(                         \
-            const T *x, const T *g, Py_ssize_t n, Py_ssize_t stride, double mean,   \
-            double *out, Py_ssize_t ostride, const int R) {                         \
-        tb_v8d s1[2][4], s2[2][4];                                                  \
-        double t1[2] = {0.0, 0.0}, t2[2] = {0.0, 0.0};                              \
-        Py_ssize_t i = 0;                                                           \
-        _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)                                    \
-            _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)                                \
-                s1[r][v] = s2[r][v] = (tb_v8d){0};                                  \
-        for (; i + 32 <= n; i += 32)                                                \
-            _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)                                \
-                _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++) {                          \
-                    Py_ssize_t o = r * stride + i + 8 * v;                          \
-                    tb_v8d gv = LOAD(g + o);                                        \
-                    s1[r][v] += gv;                                                 \
-                    s2[r][v] += (LOAD(x + o) - mean) * gv;                          \
-                }                                                                   \
-        _Pragma("GCC unroll 2") for (int r = 0; r < R; r++) {                                  \
-            for (Py_ssize_t j = r * stride + i; j < r * stride + n; j++) {          \
-                t1[r] += (double)g[j]; t2[r] += ((double)x[j] - mean) * (double)g[j]; \
-            }                                                                       \
-            out[r * ostride] = tb_fold((s1[r][0] + s1[r][1]) + (s1[r][2] + s1[r][3])) + t1[r]; \
-            out[r * ostride + 1] = tb_fold((s2[r][0] + s2[r][1]) + (s2[r][2] + s2[r][3])) + t2[r]; \
-        }                                                                           \
-    }
-    TB_SUM_SHIFTED(tb_sum_shifted_f32, float, tb_load_f32)
-    TB_SUM_SHIFTED(tb_sum_shifted_f64, double, tb_load_f64)
-    TB_SUM_GRAD(tb_sum_grad_f32, float, tb_load_f32)
-    TB_SUM_GRAD(tb_sum_grad_f64, double, tb_load_f64)
+    TB_UNIT_SUMS(tb_unit_sums_f32, float, tb_load_f32)
+    TB_UNIT_SUMS(tb_unit_sums_f64, double, tb_load_f64)
     """
     double tb_fma(double a, double b, double c) noexcept nogil
-    void tb_sum_shifted_f32(const float* x, idx_t n, idx_t stride, double K, double* out,
-                            idx_t ostride, int R) noexcept nogil
-    void tb_sum_shifted_f64(const double* x, idx_t n, idx_t stride, double K, double* out,
-                            idx_t ostride, int R) noexcept nogil
-    void tb_sum_grad_f32(const float* x, const float* g, idx_t n, idx_t stride, double mean,
-                         double* out, idx_t ostride, int R) noexcept nogil
-    void tb_sum_grad_f64(const double* x, const double* g, idx_t n, idx_t stride, double mean,
-                         double* out, idx_t ostride, int R) noexcept nogil
+    void tb_unit_sums_f32(const float* x, const float* g, idx_t n, idx_t stride, double c,
+                          double* out, idx_t ostride, int R) noexcept nogil
+    void tb_unit_sums_f64(const double* x, const double* g, idx_t n, idx_t stride, double c,
+                          double* out, idx_t ostride, int R) noexcept nogil
 
 # Plane-path schedule override for tests and benchmarks: 0 chooses from the channel and
 # thread counts, 1 forces memory order, 2 forces whole channels per thread.
@@ -235,36 +219,22 @@ cdef inline int _threads(int num_threads, idx_t tasks) noexcept nogil:
 
 
 # --------------------------------------------------------------------------- unit sums
-cdef inline void _sum_shifted(const real* x, idx_t n, idx_t stride, double K, double* out,
-                              idx_t ostride, int R) noexcept nogil:
-    """For runs r < R (1 or 2) of n contiguous values at x + r * stride:
-    out[r * ostride] = sum(x - K), out[r * ostride + 1] = sum((x - K)^2)."""
-    if real is float:
-        if R == 2:  # a constant R lets the C function unroll its run loops
-            tb_sum_shifted_f32(x, n, stride, K, out, ostride, 2)
-        else:
-            tb_sum_shifted_f32(x, n, stride, K, out, ostride, 1)
-    else:
-        if R == 2:
-            tb_sum_shifted_f64(x, n, stride, K, out, ostride, 2)
-        else:
-            tb_sum_shifted_f64(x, n, stride, K, out, ostride, 1)
-
-
-cdef inline void _sum_grad(const real* x, const real* grad_y, idx_t n, idx_t stride,
-                           double mean, double* out, idx_t ostride, int R) noexcept nogil:
+cdef inline void _sums(const real* x, const real* grad_y, idx_t n, idx_t stride, double c,
+                       double* out, idx_t ostride, int R) noexcept nogil:
     """For runs r < R (1 or 2) of n contiguous values at offset r * stride:
-    out[r * ostride] = sum(grad_y), out[r * ostride + 1] = sum((x - mean) * grad_y)."""
+    forward (grad_y NULL) out[r * ostride] = sum(x - c), out[r * ostride + 1] = sum((x - c)^2);
+    backward out[r * ostride] = sum(grad_y), out[r * ostride + 1] = sum((x - c) * grad_y)."""
+    # a constant R lets the C function unroll its run loops
     if real is float:
         if R == 2:
-            tb_sum_grad_f32(x, grad_y, n, stride, mean, out, ostride, 2)
+            tb_unit_sums_f32(x, grad_y, n, stride, c, out, ostride, 2)
         else:
-            tb_sum_grad_f32(x, grad_y, n, stride, mean, out, ostride, 1)
+            tb_unit_sums_f32(x, grad_y, n, stride, c, out, ostride, 1)
     else:
         if R == 2:
-            tb_sum_grad_f64(x, grad_y, n, stride, mean, out, ostride, 2)
+            tb_unit_sums_f64(x, grad_y, n, stride, c, out, ostride, 2)
         else:
-            tb_sum_grad_f64(x, grad_y, n, stride, mean, out, ostride, 1)
+            tb_unit_sums_f64(x, grad_y, n, stride, c, out, ostride, 1)
 
 
 # --------------------------------------------------------------------------- per-channel state
@@ -324,10 +294,8 @@ cdef inline void _unit_sums(const real* x, const real* grad_y, Plan* p, idx_t u,
     cdef idx_t q = u // p.nch, k = u - (u // p.nch) * p.nch
     cdef idx_t off = q * p.L + k * CHUNK, n = min(<idx_t>CHUNK, p.L - k * CHUNK)
     cdef idx_t stride = p.C * p.L, ostride = 2 * p.C * p.nch
-    if grad_y == NULL:
-        _sum_shifted(x + off, n, stride, centre, part + 2 * u, ostride, R)
-    else:
-        _sum_grad(x + off, grad_y + off, n, stride, centre, part + 2 * u, ostride, R)
+    _sums(x + off, grad_y + off if grad_y != NULL else NULL, n, stride, centre, part + 2 * u,
+          ostride, R)
 
 
 cdef inline void _channel_total(Plan* p, const double* part, idx_t c, Chan* ch) noexcept nogil:
