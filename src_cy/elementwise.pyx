@@ -39,13 +39,14 @@ cdef enum:
     ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM                 # binary
     LT, LE, GT, GE, EQ, NE                                    # compare
     NEG, EXP, LOG, SQRT, RELU, SIGMOID, TANH, ABS             # unary
+    RELU_GRAD, SIGMOID_GRAD, TANH_GRAD                        # unary backward
 
 _BINARY = {"add": ADD, "sub": SUB, "mul": MUL, "div": DIV, "pow": POW,
            "maximum": MAXIMUM, "minimum": MINIMUM}
 _COMPARE = {"lt": LT, "le": LE, "gt": GT, "ge": GE, "eq": EQ, "ne": NE}
 _UNARY = {"neg": NEG, "exp": EXP, "log": LOG, "sqrt": SQRT, "relu": RELU,
           "sigmoid": SIGMOID, "tanh": TANH, "abs": ABS}
-_UNARY_BACKWARD = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
+_UNARY_BACKWARD = {"relu": RELU_GRAD, "sigmoid": SIGMOID_GRAD, "tanh": TANH_GRAD}
 # fmt: on
 
 
@@ -491,9 +492,14 @@ cdef void _where(const npy_bool_t* cond, const real* a, const real* b, real* out
 
 # ---------------------------------------------------------------- unary, pow_scalar, clip
 
-cdef void _unary_range(int op, const real* a, real* o, idx_t start, idx_t stop) noexcept nogil:
+cdef void _unary_range(int op, const real* a, const real* g, real* o, idx_t start,
+                       idx_t stop) noexcept nogil:
+    # forward ops: o = op(a) (g unused); *_GRAD: o = g * dz/dx from what the forward
+    # saved (a: x for relu, z for sigmoid and tanh), in the order of functions.py's
+    # Tensor formulas
     cdef idx_t i
     cdef real x, e
+    cdef real zero = 0, one = 1  # typed: a literal 1 would make Cython compute in double
     if op == NEG:
         for i in range(start, stop): o[i] = -a[i]
     elif op == EXP:
@@ -534,42 +540,25 @@ cdef void _unary_range(int op, const real* a, real* o, idx_t start, idx_t stop) 
             for i in range(start, stop): o[i] = fabsf(a[i])
         else:
             for i in range(start, stop): o[i] = fabs(a[i])
-
-
-cdef void _unary(int op, const real* a, real* o, idx_t size, int nthreads) noexcept nogil:
-    cdef int t
-    if nthreads <= 1:
-        _unary_range(op, a, o, 0, size)
-        return
-    for t in prange(nthreads, num_threads=nthreads, schedule='static'):
-        _unary_range(op, a, o, _chunk(size, t, nthreads), _chunk(size, t + 1, nthreads))
-
-
-cdef void _unary_backward_range(int op, const real* s, const real* g, real* o, idx_t start,
-                                idx_t stop) noexcept nogil:
-    # o = g * dz/dx from what the forward saved (s: x for relu, z for sigmoid and tanh),
-    # in the order of functions.py's Tensor formulas
-    cdef idx_t i
-    cdef real zero = 0, one = 1  # typed: a literal 1 would make Cython compute in double
-    if op == RELU:
+    elif op == RELU_GRAD:
         # g where x > 0 else 0 (NaN x gives 0, as where(x > 0, g, 0))
-        for i in range(start, stop): o[i] = g[i] if s[i] > zero else zero
-    elif op == SIGMOID:
+        for i in range(start, stop): o[i] = g[i] if a[i] > zero else zero
+    elif op == SIGMOID_GRAD:
         # g * z * (1 - z)
-        for i in range(start, stop): o[i] = g[i] * s[i] * (one - s[i])
-    elif op == TANH:
+        for i in range(start, stop): o[i] = g[i] * a[i] * (one - a[i])
+    elif op == TANH_GRAD:
         # g * (1 - z * z)
-        for i in range(start, stop): o[i] = g[i] * (one - s[i] * s[i])
+        for i in range(start, stop): o[i] = g[i] * (one - a[i] * a[i])
 
 
-cdef void _unary_backward(int op, const real* s, const real* g, real* o, idx_t size,
-                          int nthreads) noexcept nogil:
+cdef void _unary(int op, const real* a, const real* g, real* o, idx_t size,
+                 int nthreads) noexcept nogil:
     cdef int t
     if nthreads <= 1:
-        _unary_backward_range(op, s, g, o, 0, size)
+        _unary_range(op, a, g, o, 0, size)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule='static'):
-        _unary_backward_range(op, s, g, o, _chunk(size, t, nthreads), _chunk(size, t + 1, nthreads))
+        _unary_range(op, a, g, o, _chunk(size, t, nthreads), _chunk(size, t + 1, nthreads))
 
 
 cdef void _pow_scalar_range(const real* a, real p, real* o, idx_t start, idx_t stop) noexcept nogil:
@@ -835,9 +824,9 @@ def unary(str op, a, int nthreads=1):
     cdef void* po = cnp.PyArray_DATA(out)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
-            _unary(code, <const float*>pa, <float*>po, size, nthreads)
+            _unary(code, <const float*>pa, NULL, <float*>po, size, nthreads)
         else:
-            _unary(code, <const double*>pa, <double*>po, size, nthreads)
+            _unary(code, <const double*>pa, NULL, <double*>po, size, nthreads)
     return out
 
 
@@ -878,9 +867,9 @@ def unary_backward(str op, saved, g, int nthreads=1):
     cdef void* po = cnp.PyArray_DATA(out)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
-            _unary_backward(code, <const float*>ps, <const float*>pg, <float*>po, size, nthreads)
+            _unary(code, <const float*>ps, <const float*>pg, <float*>po, size, nthreads)
         else:
-            _unary_backward(code, <const double*>ps, <const double*>pg, <double*>po, size, nthreads)
+            _unary(code, <const double*>ps, <const double*>pg, <double*>po, size, nthreads)
     return out
 
 
