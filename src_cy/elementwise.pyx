@@ -24,6 +24,7 @@ import numpy as np
 
 from fastmath cimport tb_expf, tb_sigmoidf, tb_tanhf
 from tb_types cimport idx_t, real
+from floatcheck cimport check_float_array
 from threadcheck cimport check_threads
 
 cnp.import_array()
@@ -610,22 +611,8 @@ cdef void _clip(const real* a, real lo, real hi, real* o, idx_t size, int nthrea
 
 # ---------------------------------------------------------------- Python wrappers
 
-cdef int _check_float(object a, str name) except -1:
-    """The array's type number; raise unless a is a C-contiguous float32/float64 ndarray."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    cdef int t = cnp.PyArray_TYPE(arr)
-    if (t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64) or not cnp.PyArray_ISNOTSWAPPED(arr):
-        raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), got {a.dtype}")
-    if not cnp.PyArray_ISCARRAY_RO(arr):
-        raise ValueError(f"{name}: expected a C-contiguous aligned array, got shape {a.shape} "
-                         f"with strides {a.strides}")
-    return t
-
-
 cdef int _check_pair(object a, object b) except -1:
-    cdef int ta = _check_float(a, "a"), tb = _check_float(b, "b")
+    cdef int ta = check_float_array(a, "a"), tb = check_float_array(b, "b")
     if ta != tb:
         raise TypeError(f"a and b: expected the same dtype, got {a.dtype} and {b.dtype}")
     return ta
@@ -699,7 +686,7 @@ def expand(a, tuple shape, int nthreads=1):
 
     Raises TypeError for a wrong dtype, ValueError when a does not broadcast to shape.
     """
-    cdef int typenum = _check_float(a, "a")
+    cdef int typenum = check_float_array(a, "a")
     check_threads(nthreads, "nthreads")
     cdef Plan p
     cdef cnp.npy_intp dims[MAXDIMS]
@@ -815,7 +802,7 @@ def unary(str op, a, int nthreads=1):
     ndarray, new, same shape and dtype as a.
     """
     cdef int code = _op_code(_UNARY, op, "unary")
-    cdef int typenum = _check_float(a, "a")
+    cdef int typenum = check_float_array(a, "a")
     check_threads(nthreads, "nthreads")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(arr.ndim, cnp.PyArray_DIMS(arr), typenum, 0)
@@ -853,8 +840,8 @@ def unary_backward(str op, saved, g, int nthreads=1):
     a non-contiguous array or different shapes.
     """
     cdef int code = _op_code(_UNARY_BACKWARD, op, "unary backward")
-    cdef int typenum = _check_float(saved, "saved")
-    if _check_float(g, "g") != typenum:
+    cdef int typenum = check_float_array(saved, "saved")
+    if check_float_array(g, "g") != typenum:
         raise TypeError(f"saved and g: expected the same dtype, got {saved.dtype} and {g.dtype}")
     if saved.shape != g.shape:
         raise ValueError(f"saved and g: expected the same shape, got {saved.shape} and {g.shape}")
@@ -888,7 +875,7 @@ def pow_scalar(a, double p, int nthreads=1):
     -------
     ndarray, new, same shape and dtype as a.
     """
-    cdef int typenum = _check_float(a, "a")
+    cdef int typenum = check_float_array(a, "a")
     check_threads(nthreads, "nthreads")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(arr.ndim, cnp.PyArray_DIMS(arr), typenum, 0)
@@ -919,7 +906,7 @@ def clip(a, lo, hi, int nthreads=1):
     -------
     ndarray, new, same shape and dtype as a.
     """
-    cdef int typenum = _check_float(a, "a")
+    cdef int typenum = check_float_array(a, "a")
     check_threads(nthreads, "nthreads")
     # NOTE: maximum(x, -inf) == x for every x (NaN, -inf and -0 included), so None is +-inf
     cdef double dlo = -INFINITY if lo is None else float(lo)

@@ -20,6 +20,7 @@ import numpy as np
 
 from fastmath cimport tb_expf
 from tb_types cimport idx_t, real
+from floatcheck cimport check_float_array
 from threadcheck cimport check_threads
 
 cnp.import_array()
@@ -304,21 +305,6 @@ cdef void _softmax_backward(const real* z, const real* g, real* dx, idx_t outer,
 
 # ---------------------------------------------------------------- Python wrappers
 
-cdef cnp.ndarray _float_array(str name, object a):
-    """a as an ndarray: TypeError unless float32/float64 in native byte order,
-    ValueError unless C-contiguous and aligned."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    cdef int typenum = cnp.PyArray_TYPE(arr)
-    if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not cnp.PyArray_ISNOTSWAPPED(arr):
-        raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), got {a.dtype}")
-    if not cnp.PyArray_ISCARRAY_RO(arr):
-        raise ValueError(f"{name}: expected a C-contiguous aligned array, got shape {a.shape} "
-                         f"with strides {a.strides}")
-    return arr
-
-
 cdef int _split_axis(cnp.ndarray arr, int axis, idx_t* outer, idx_t* n, idx_t* inner) except -1:
     """arr seen as (outer, n, inner) around `axis`; ValueError unless 0 <= axis < ndim."""
     cdef int ndim = arr.ndim, d
@@ -336,7 +322,8 @@ cdef int _split_axis(cnp.ndarray arr, int axis, idx_t* outer, idx_t* n, idx_t* i
 
 
 cdef object _run(object a, int axis, int nthreads, bint log_out):
-    cdef cnp.ndarray arr = _float_array("a", a)
+    check_float_array(a, "a")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef idx_t outer, n, inner
     _split_axis(arr, axis, &outer, &n, &inner)
     check_threads(nthreads, "nthreads")
@@ -395,7 +382,9 @@ def log_softmax(a, int axis, int nthreads=1):
 
 
 cdef object _run_backward(object z, object g, int axis, int nthreads, bint log_out):
-    cdef cnp.ndarray za = _float_array("z", z), ga = _float_array("g", g)
+    check_float_array(z, "z")
+    check_float_array(g, "g")
+    cdef cnp.ndarray za = <cnp.ndarray>z, ga = <cnp.ndarray>g
     if za.dtype != ga.dtype or z.shape != g.shape:
         raise ValueError(f"g: expected the dtype and shape of z, {z.dtype} {z.shape}, got {g.dtype} {g.shape}")
     cdef idx_t outer, n, inner
