@@ -321,23 +321,41 @@ cdef int _split_axis(cnp.ndarray arr, int axis, idx_t* outer, idx_t* n, idx_t* i
     return 0
 
 
-cdef object _run(object a, int axis, int nthreads, bint log_out):
-    check_float_array(a, "a")
+cdef object _run(object a, object g, int axis, int nthreads, bint log_out):
+    """Forward (g None): softmax or log_softmax of a. Backward: their gradient from the
+    forward output a = z and the upstream gradient g. Every check before any work."""
+    check_float_array(a, "z" if g is not None else "a")
     cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef cnp.ndarray ga = None
+    if g is not None:
+        check_float_array(g, "g")
+        ga = <cnp.ndarray>g
+        if g.dtype != a.dtype or g.shape != a.shape:
+            raise ValueError(f"g: expected the dtype and shape of z, {a.dtype} {a.shape}, "
+                             f"got {g.dtype} {g.shape}")
     cdef idx_t outer, n, inner
     _split_axis(arr, axis, &outer, &n, &inner)
     check_threads(nthreads, "nthreads")
     cdef int typenum = cnp.PyArray_TYPE(arr)
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(arr.ndim, cnp.PyArray_DIMS(arr), typenum, 0)
     cdef void* px = cnp.PyArray_DATA(arr)
+    cdef void* pg = cnp.PyArray_DATA(ga) if ga is not None else NULL
     cdef void* po = cnp.PyArray_DATA(out)
     if outer * n * inner == 0:
         return out
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
-            _softmax(<const float*>px, <float*>po, outer, n, inner, log_out, nthreads)
+            if pg == NULL:
+                _softmax(<const float*>px, <float*>po, outer, n, inner, log_out, nthreads)
+            else:
+                _softmax_backward(<const float*>px, <const float*>pg, <float*>po, outer, n, inner,
+                                  log_out, nthreads)
         else:
-            _softmax(<const double*>px, <double*>po, outer, n, inner, log_out, nthreads)
+            if pg == NULL:
+                _softmax(<const double*>px, <double*>po, outer, n, inner, log_out, nthreads)
+            else:
+                _softmax_backward(<const double*>px, <const double*>pg, <double*>po, outer, n, inner,
+                                  log_out, nthreads)
     return out
 
 
@@ -358,7 +376,7 @@ def softmax(a, int axis, int nthreads=1):
     ndarray, new, same shape and dtype as a. Stable for logits of any magnitude
     (the row max is subtracted; sums are float64). A row holding NaN or +inf is all NaN.
     """
-    return _run(a, axis, nthreads, False)
+    return _run(a, None, axis, nthreads, False)
 
 
 def log_softmax(a, int axis, int nthreads=1):
@@ -378,32 +396,7 @@ def log_softmax(a, int axis, int nthreads=1):
     ndarray, new, same shape and dtype as a, within about 1.5 ulp: (a - max) and
     -log(sum) are both <= 0, so their sum never cancels. Sums are float64.
     """
-    return _run(a, axis, nthreads, True)
-
-
-cdef object _run_backward(object z, object g, int axis, int nthreads, bint log_out):
-    check_float_array(z, "z")
-    check_float_array(g, "g")
-    cdef cnp.ndarray za = <cnp.ndarray>z, ga = <cnp.ndarray>g
-    if za.dtype != ga.dtype or z.shape != g.shape:
-        raise ValueError(f"g: expected the dtype and shape of z, {z.dtype} {z.shape}, got {g.dtype} {g.shape}")
-    cdef idx_t outer, n, inner
-    _split_axis(za, axis, &outer, &n, &inner)
-    check_threads(nthreads, "nthreads")
-    cdef int typenum = cnp.PyArray_TYPE(za)
-    cdef cnp.ndarray out = cnp.PyArray_EMPTY(za.ndim, cnp.PyArray_DIMS(za), typenum, 0)
-    cdef void* pz = cnp.PyArray_DATA(za)
-    cdef void* pg = cnp.PyArray_DATA(ga)
-    cdef void* po = cnp.PyArray_DATA(out)
-    if outer * n * inner == 0:
-        return out
-    with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            _softmax_backward(<const float*>pz, <const float*>pg, <float*>po, outer, n, inner, log_out, nthreads)
-        else:
-            _softmax_backward(<const double*>pz, <const double*>pg, <double*>po, outer, n, inner, log_out,
-                              nthreads)
-    return out
+    return _run(a, None, axis, nthreads, True)
 
 
 def softmax_backward(z, g, int axis, int nthreads=1):
@@ -412,7 +405,7 @@ def softmax_backward(z, g, int axis, int nthreads=1):
     z, g: C-contiguous float32/float64 arrays of one shape and dtype; 0 <= axis < z.ndim;
     nthreads >= 1. Returns a new array like z. Raises TypeError / ValueError before any work.
     """
-    return _run_backward(z, g, axis, nthreads, False)
+    return _run(z, g, axis, nthreads, False)
 
 
 def log_softmax_backward(z, g, int axis, int nthreads=1):
@@ -420,7 +413,7 @@ def log_softmax_backward(z, g, int axis, int nthreads=1):
 
     Arguments and errors as softmax_backward.
     """
-    return _run_backward(z, g, axis, nthreads, True)
+    return _run(z, g, axis, nthreads, True)
 
 
 # ---------------------------------------------------------------- cross-entropy (fused)
