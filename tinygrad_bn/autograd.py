@@ -3,13 +3,16 @@ order. Used by Tensor.backward (accumulates into leaves' .grad) and by grad()
 (returns the gradients of chosen inputs, like torch.autograd.grad)."""
 import numpy as np
 
+from . import kernels
 from .grad_mode import set_grad_enabled
+from .grad_mode import state as _grad
 from .tensor import Tensor
 
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "
           "tensors after they have already been freed). Saved intermediate values of the graph "
           "are freed when you call .backward() or tb.grad(). Specify retain_graph=True if you "
           "need to backward through the graph a second time.")
+_ONE = {np.dtype(dt): np.ones((), dt) for dt in (np.float32, np.float64)}  # never handed out: seeds copy them
 
 
 def _topological_order(roots, wanted=None):
@@ -21,30 +24,37 @@ def _topological_order(roots, wanted=None):
     deterministic. Also returns, per node, the non-leaf tensors it produced that were
     seen on the way (for retain_grad and tb.grad of non-leaves).
     """
+    # NOTE: nodes are their own set/dict keys (Function keeps object's identity hash),
+    # cheaper than id(); Tensors go by id() since their == is elementwise.
     order, seen, produced = [], set(), {}
-    stack = [(r._ctx, False) for r in roots if r._ctx is not None]
+    stack = []
     for r in roots:
-        if r._ctx is not None and (r._retains_grad or (wanted is not None and id(r) in wanted)):
-            produced.setdefault(id(r._ctx), []).append(r)
+        fn = r._ctx
+        if fn is not None:
+            stack.append(fn)
+            if r._retains_grad or (wanted is not None and id(r) in wanted):
+                produced.setdefault(fn, []).append(r)
+    push, pop = stack.append, stack.pop
     while stack:
-        fn, expanded = stack.pop()
-        if expanded:
-            order.append(fn)
+        fn = pop()
+        if fn is None:  # marker pushed below a node's inputs: they are all done
+            order.append(pop())
             continue
-        if id(fn) in seen:
+        if fn in seen:
             continue
-        seen.add(id(fn))
+        seen.add(fn)
         inputs = fn.inputs
         if inputs is None:
             raise RuntimeError(_FREED)
-        stack.append((fn, True))
+        push(fn)
+        push(None)
         for p in inputs:
             ctx = p._ctx
             if ctx is not None:
                 if p._retains_grad or (wanted is not None and id(p) in wanted):
-                    produced.setdefault(id(ctx), []).append(p)
-                if id(ctx) not in seen:
-                    stack.append((ctx, False))
+                    produced.setdefault(ctx, []).append(p)
+                if ctx not in seen:
+                    push(ctx)
     return order, produced
 
 
@@ -56,12 +66,14 @@ def _root_gradients(outputs, grad_outputs):
         if not out.requires_grad:
             raise RuntimeError(f"element {i} of tensors does not require grad and does not have a grad_fn")
         if g is None:
-            if out.data.size != 1:
+            data = out.data
+            if data.size != 1:
                 raise RuntimeError(f"grad can be implicitly created only for scalar outputs, got shape "
                                    f"{out.shape}; pass gradient= (a Tensor of that shape)")
-            ones = np.empty(out.shape, dtype=out.dtype)
-            ones.fill(1)
-            g = Tensor._make(ones, None, False)
+            # NOTE: copying a stored 1 costs less than half of np.empty + fill (a tenth of
+            # np.ones); every backward() of a scalar loss makes one. Fresh: it may become a .grad.
+            one = _ONE[data.dtype]
+            g = Tensor._make((one if data.ndim == 0 else one.reshape(data.shape)).copy(), None, False)
         else:
             g = g if isinstance(g, Tensor) else Tensor(g, dtype=out.dtype)
             if g.shape != out.shape:
@@ -81,6 +93,18 @@ def _reduce_to(g, t):
     return g
 
 
+def _add(acc, g):
+    """acc + g: two gradients of one tensor (g already has its shape and dtype).
+
+    NOTE: unless the backward pass is being recorded (create_graph), the kernel is called
+    directly: the sum is bookkeeping, no graph node is needed, and accumulating into .grad
+    is a fixed cost of every backward. acc + g gives the same array (Add's forward).
+    """
+    if _grad.enabled or type(acc) is not Tensor or acc.data.dtype is not g.data.dtype:
+        return acc + g  # recorded, or a .grad the user assigned (another dtype, an array)
+    return Tensor._make(kernels.binary("add", acc.data, g.data), None, False)
+
+
 def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None):
     """Propagate gradients from `outputs` to the leaves.
 
@@ -96,29 +120,29 @@ def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None)
     def deliver(t, g):
         # A gradient reaching a tensor whose own grad is wanted (leaf or retain_grad).
         if wanted is None:
-            t.grad = g if t.grad is None else t.grad + g
+            t.grad = g if t.grad is None else _add(t.grad, g)
         else:
             i = wanted.get(id(t))
             if i is not None:
-                found[i] = g if found[i] is None else found[i] + g
+                found[i] = g if found[i] is None else _add(found[i], g)
 
-    pending = {}
+    pending = {}  # node -> the sum so far of the gradients reaching its output
     for out, g in zip(outputs, roots_grad):
-        if out._ctx is None:
+        fn = out._ctx
+        if fn is None:
             deliver(out, g)
         else:
-            k = id(out._ctx)
-            pending[k] = g if k not in pending else pending[k] + g
+            pending[fn] = g if fn not in pending else pending[fn] + g
 
     prev = set_grad_enabled(create_graph)
     try:
         for fn in reversed(order):
-            g = pending.pop(id(fn), None)
+            g = pending.pop(fn, None)
             if g is None:
                 continue
             if produced:
                 delivered = set()
-                for t in produced.get(id(fn), ()):
+                for t in produced.get(fn, ()):
                     if id(t) not in delivered:
                         delivered.add(id(t))
                         deliver(t, g)
@@ -129,11 +153,11 @@ def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None)
                 if not need or pg is None:
                     continue
                 pg = _reduce_to(pg, p)
-                if p._ctx is None:
+                ctx = p._ctx
+                if ctx is None:
                     deliver(p, pg)
                 else:
-                    k = id(p._ctx)
-                    pending[k] = pg if k not in pending else pending[k] + pg
+                    pending[ctx] = pg if ctx not in pending else _add(pending[ctx], pg)
             if not retain_graph:
                 # Free the node: its inputs (and any saved arrays) go with the reference.
                 fn.__dict__.clear()

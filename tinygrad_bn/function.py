@@ -28,19 +28,30 @@ class Function:
     @classmethod
     def apply(cls, *inputs, **attrs):
         """Run forward on the inputs' arrays; record the node if any input requires grad."""
-        # NOTE: this runs for every op of every step; it is kept to a few attribute
-        # reads (toy nets are dominated by per-op Python cost, not by kernels).
+        # NOTE: this runs for every op of every step, the backward pass's ops included;
+        # toy nets are dominated by this per-op Python cost, not by kernels. One- and
+        # two-input ops (nearly all) are unrolled: on tiny tensors the two list
+        # comprehensions of the general case cost about as much as the kernel.
         fn = object.__new__(cls)
         if attrs:
-            fn.__dict__.update(attrs)
-        out = fn.forward(*[t.data for t in inputs])
-        if _grad.enabled:
+            fn.__dict__ = attrs  # a fresh dict on every call: it becomes the node's own
+        n = len(inputs)
+        if n == 2:
+            x, y = inputs
+            out = fn.forward(x.data, y.data)
+            needs = (x.requires_grad, y.requires_grad)
+        elif n == 1:
+            x = inputs[0]
+            out = fn.forward(x.data)
+            needs = (x.requires_grad,)
+        else:
+            out = fn.forward(*[t.data for t in inputs])
             needs = tuple([t.requires_grad for t in inputs])
-            if True in needs:
-                fn.inputs = inputs
-                fn.needs_input_grad = needs
-                fn.out_data = out
-                return _make(out, fn, True)
+        if _grad.enabled and True in needs:
+            fn.inputs = inputs
+            fn.needs_input_grad = needs
+            fn.out_data = out
+            return _make(out, fn, True)
         return _make(out, None, False)
 
     def output(self):

@@ -270,12 +270,16 @@ class Sum(Function):
     """z = sum of x over axes.  Adjoint of Expand: the gradient is broadcast back."""
 
     def forward(self, x):
-        self.in_shape = x.shape
         return kernels.sum(x, self.axes, self.keepdims)
 
     def backward(self, g):
-        kept = tuple(1 if i in self.axes else s for i, s in enumerate(self.in_shape))
-        return Expand.apply(g, shape=self.in_shape, src_shape=kept)
+        in_shape, axes = self.inputs[0].data.shape, self.axes
+        if self.keepdims or axes[-1] == len(axes) - 1:
+            # g already broadcasts to in_shape: the reduced axes are kept as 1s, or they
+            # were the leading ones (axes is sorted), which broadcasting prepends.
+            return Expand.apply(g, shape=in_shape)
+        kept = tuple(1 if i in axes else s for i, s in enumerate(in_shape))
+        return Expand.apply(g, shape=in_shape, src_shape=kept)
 
 
 class Max(Function):
@@ -320,11 +324,11 @@ class Expand(Function):
     src_shape = None
 
     def forward(self, x):
-        self.in_shape = x.shape
         return kernels.expand(x if self.src_shape is None else x.reshape(self.src_shape), self.shape)
 
     def backward(self, g):
-        return g.sum_to(self.in_shape if self.src_shape is None else self.src_shape).reshape(self.in_shape)
+        in_shape = self.inputs[0].data.shape
+        return g.sum_to(in_shape if self.src_shape is None else self.src_shape).reshape(in_shape)
 
 
 class GetItem(Function):

@@ -20,6 +20,7 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _norm_axis = np.lib.array_utils.normalize_axis_index  # raises numpy's AxisError
 _INT64_MAX = int(np.iinfo(np.int64).max)
 _MAX_BYTES = int(np.iinfo(np.intp).max)
+_ALL_AXES = tuple(tuple(range(nd)) for nd in range(65))  # axis=None, by ndim (numpy allows 64)
 
 
 def _check_shape(shape, dtype, what):
@@ -266,7 +267,8 @@ class Tensor:
         return (b, a) if reverse else (a, b)
 
     def _binary(self, fn, other, reverse=False):
-        if type(other) is Tensor and other.data.dtype is self.data.dtype and self.data.dtype.kind == "f":
+        dt = self.data.dtype
+        if type(other) is Tensor and other.data.dtype is dt and dt.kind == "f":
             return fn.apply(other, self) if reverse else fn.apply(self, other)  # the common case, kept short
         a, b = self._operands(other, reverse)
         if a.dtype not in _FLOATS:
@@ -378,9 +380,9 @@ class Tensor:
     # ---------------------------------------------------------------- reductions
     def _axes(self, axis):
         """Normalise axis (None, int or tuple; negatives allowed) to a sorted tuple."""
-        nd = self.ndim
+        nd = self.data.ndim
         if axis is None:
-            return tuple(range(nd))
+            return _ALL_AXES[nd]
         axes = axis if isinstance(axis, (tuple, list)) else (axis,)
         out = []
         for ax in axes:
@@ -393,7 +395,7 @@ class Tensor:
 
     def sum(self, axis=None, keepdims=False):
         """Sum over axis (None: all; int or tuple, negatives allowed)."""
-        if self.dtype not in _FLOATS:
+        if self.data.dtype not in _FLOATS:
             return Tensor._make(np.asarray(self.data.sum(axis=_np_axis(axis), keepdims=keepdims)), None, False)
         axes = self._axes(axis)
         if not axes:
