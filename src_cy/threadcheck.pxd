@@ -10,6 +10,10 @@ cdef enum:
 cdef inline int check_threads(object n, str name) except -1:
     """n as a C int: TypeError unless an integer (bool is not one), ValueError unless
     1 <= n <= MAX_THREADS. The message names the argument and the value."""
+    if type(n) is int and 1 <= n <= MAX_THREADS:
+        # NOTE: every kernel call passes here; a plain int in range (the wrappers' own
+        # counts) skips the general checks, which cost about 1 us per call on tiny ops
+        return <int>n
     if isinstance(n, bool) or not hasattr(n, "__index__"):
         raise TypeError(f"{name} must be an int, got {type(n).__name__}")
     try:

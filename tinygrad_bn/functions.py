@@ -182,36 +182,43 @@ class Sqrt(Function):
 
 
 class Relu(Function):
-    """z = max(x, 0);  dz/dx = 1 where x > 0 else 0"""
+    """z = max(x, 0);  dz/dx = 1 where x > 0 else 0
+    (the backward is one fused kernel; in Tensor ops when the backward pass is recorded)"""
 
     def forward(self, x):
         return kernels.unary("relu", x)
 
     def backward(self, g):
-        x = self.inputs[0].data
-        return _where(kernels.compare("gt", x, np.zeros((), x.dtype)), g, _zero(g.dtype))
+        x = self.inputs[0]
+        if _recording() or not _fusable(g, x):
+            return _where(kernels.compare("gt", x.data, np.zeros((), x.dtype)), g, _zero(g.dtype))
+        return _const(kernels.unary_backward("relu", x.data, _c_order(g.data)))
 
 
 class Sigmoid(Function):
-    """z = 1 / (1 + e^-x);  dz/dx = z (1 - z)"""
+    """z = 1 / (1 + e^-x);  dz/dx = z (1 - z)   (fused backward, as Relu)"""
 
     def forward(self, x):
         return kernels.unary("sigmoid", x)
 
     def backward(self, g):
         z = self.output()
-        return g * z * (1.0 - z)
+        if _recording() or not _fusable(g, z):
+            return g * z * (1.0 - z)
+        return _const(kernels.unary_backward("sigmoid", z.data, _c_order(g.data)))
 
 
 class Tanh(Function):
-    """z = tanh x;  dz/dx = 1 - z^2"""
+    """z = tanh x;  dz/dx = 1 - z^2   (fused backward, as Relu)"""
 
     def forward(self, x):
         return kernels.unary("tanh", x)
 
     def backward(self, g):
         z = self.output()
-        return g * (1.0 - z * z)
+        if _recording() or not _fusable(g, z):
+            return g * (1.0 - z * z)
+        return _const(kernels.unary_backward("tanh", z.data, _c_order(g.data)))
 
 
 class Abs(Function):
@@ -406,7 +413,7 @@ class Softmax(Function):
         z = self.output()
         if _recording() or not _fusable(g, z):
             return z * (g - (g * z).sum(self.axis, keepdims=True))
-        return _const(kernels.softmax_backward(z.data, np.ascontiguousarray(g.data), self.axis))
+        return _const(kernels.softmax_backward(z.data, _c_order(g.data), self.axis))
 
 
 class LogSoftmax(Function):
@@ -420,7 +427,13 @@ class LogSoftmax(Function):
         z = self.output()
         if _recording() or not _fusable(g, z):
             return g - z.exp() * g.sum(self.axis, keepdims=True)
-        return _const(kernels.log_softmax_backward(z.data, np.ascontiguousarray(g.data), self.axis))
+        return _const(kernels.log_softmax_backward(z.data, _c_order(g.data), self.axis))
+
+
+def _c_order(a):
+    """a as a C-contiguous array (a copy only when needed; unlike np.ascontiguousarray,
+    a 0-d array stays 0-d)."""
+    return a if a.flags.c_contiguous else np.array(a, order="C")
 
 
 def _fusable(g, z):

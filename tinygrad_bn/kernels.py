@@ -43,6 +43,11 @@ def unary(op, a):
     return _elementwise.unary(op, a, threads_for(a.size))
 
 
+def unary_backward(op, saved, g):
+    """g * dz/dx of relu (saved = x), sigmoid or tanh (saved = z) in one pass."""
+    return _elementwise.unary_backward(op, saved, g, threads_for(g.size))
+
+
 def pow_scalar(a, p):
     """out = a ** p for a Python float p."""
     return _elementwise.pow_scalar(a, p, threads_for(a.size))
