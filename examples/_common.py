@@ -105,3 +105,27 @@ def plot_history(history, path, title):
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def minibatches(rng, n, batch_size):
+    """Endless index batches over n samples: a fresh rng.permutation(n) each pass, cut
+    into batch_size pieces (a last short piece is skipped). The first permutation is
+    drawn now, the later ones as they are needed, so the rng is used in that order."""
+    order = rng.permutation(n)
+
+    def batches(order=order, pos=0):
+        while True:
+            if pos + batch_size > len(order):
+                order, pos = rng.permutation(n), 0
+            yield order[pos:pos + batch_size]
+            pos += batch_size
+    return batches()
+
+
+def sgd_step(net, opt, x, y):
+    """One step on numpy x, y: cross-entropy of net(x), backward, opt.step(). Returns the loss."""
+    loss = tb.nn.functional.cross_entropy(net(tb.Tensor(x)), tb.Tensor(y))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss

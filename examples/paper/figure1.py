@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinygrad_bn as tb  # noqa: E402
-from _common import pyplot  # noqa: E402
+from _common import minibatches, pyplot, sgd_step  # noqa: E402
 
 nn = tb.nn
 F = tb.nn.functional
@@ -97,17 +97,11 @@ def train(net, data, steps, lr, batch_size=60, every=100, probe_size=600, seed=0
 
     start = time.perf_counter()
     net.train()
-    order, pos = rng.permutation(len(x_train)), 0
+    batches = minibatches(rng, len(x_train), batch_size)
     checkpoint(0)
     for step in range(1, steps + 1):
-        if pos + batch_size > len(order):
-            order, pos = rng.permutation(len(x_train)), 0
-        pick = order[pos:pos + batch_size]
-        pos += batch_size
-        loss = F.cross_entropy(net(tb.Tensor(x_train[pick])), tb.Tensor(y_train[pick]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        pick = next(batches)
+        sgd_step(net, opt, x_train[pick], y_train[pick])
         if step % every == 0 or step == steps:
             checkpoint(step)
     hist["seconds"] = time.perf_counter() - start

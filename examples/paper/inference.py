@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinygrad_bn as tb  # noqa: E402
 from tinygrad_bn.nn import utils  # noqa: E402
+from _common import minibatches, sgd_step  # noqa: E402
 from figure1 import DATASETS, accuracy, make_net  # noqa: E402
 
 nn = tb.nn
@@ -79,16 +80,10 @@ def main(argv=None):
     population_batches = [x_train[i:i + 60] for i in range(0, len(x_train) - 59, 60)]
 
     rows = []
-    order, pos = rng.permutation(len(x_train)), 0
+    batches = minibatches(rng, len(x_train), 60)
     for step in range(1, args.steps + 1):
-        if pos + 60 > len(order):
-            order, pos = rng.permutation(len(x_train)), 0
-        pick = order[pos:pos + 60]
-        pos += 60
-        loss = F.cross_entropy(net(tb.Tensor(x_train[pick])), tb.Tensor(y_train[pick]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        pick = next(batches)
+        sgd_step(net, opt, x_train[pick], y_train[pick])
         if step in args.checkpoints or step == args.steps:
             population = copy.deepcopy(net)
             utils.update_bn(population_batches, population)

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinygrad_bn as tb  # noqa: E402
-from _common import pyplot  # noqa: E402
+from _common import minibatches, pyplot  # noqa: E402
 from figure1 import DATASETS, accuracy, make_net  # noqa: E402
 
 nn = tb.nn
@@ -53,7 +53,7 @@ def train(net, data, steps, lr, batch_size=60, seed=0, every=None, probe_size=60
     rng = np.random.default_rng(seed)
     opt = tb.optim.SGD(net.parameters(), lr=lr)
     losses, sat_steps, saturation = [], [], []
-    order, pos = rng.permutation(len(x_train)), 0
+    batches = minibatches(rng, len(x_train), batch_size)
     diverged = False
     for step in range(steps + 1):
         if every and step % every == 0:
@@ -61,10 +61,7 @@ def train(net, data, steps, lr, batch_size=60, seed=0, every=None, probe_size=60
             saturation.append(saturated_fraction(net, x_test[:probe_size]))
         if step == steps:
             break
-        if pos + batch_size > len(order):
-            order, pos = rng.permutation(len(x_train)), 0
-        pick = order[pos:pos + batch_size]
-        pos += batch_size
+        pick = next(batches)
         with np.errstate(all="ignore"):
             loss = F.cross_entropy(net(tb.Tensor(x_train[pick])), tb.Tensor(y_train[pick]))
             if not np.isfinite(loss.item()):

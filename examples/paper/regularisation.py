@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinygrad_bn as tb  # noqa: E402
-from _common import pyplot  # noqa: E402
+from _common import minibatches, pyplot, sgd_step  # noqa: E402
 
 nn = tb.nn
 F = tb.nn.functional
@@ -50,16 +50,10 @@ def evaluate(net, x, y):
 def train(net, x, y, steps, lr, batch_size=60, seed=0):
     rng = np.random.default_rng(seed)
     opt = tb.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    order, pos = rng.permutation(len(x)), 0
+    batches = minibatches(rng, len(x), batch_size)
     for _ in range(steps):
-        if pos + batch_size > len(order):
-            order, pos = rng.permutation(len(x)), 0
-        pick = order[pos:pos + batch_size]
-        pos += batch_size
-        loss = F.cross_entropy(net(tb.Tensor(x[pick])), tb.Tensor(y[pick]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        pick = next(batches)
+        sgd_step(net, opt, x[pick], y[pick])
     return net
 
 
