@@ -163,8 +163,11 @@ def _set_schedule(int schedule):
 cdef enum:
     PLANE_MIN_L = 64        # L >= this: plane loops; below: column loops
     CHUNK = 16384           # most values in one plane unit (splits big planes for threads)
-    COL_CHUNK = 1024        # columns per column-path task: its partials stay in L1
-    ROWS_MIN = 16           # fewest rows in a column-path row block
+    COL_CHUNK = 1024        # most columns per column-path task: its partials stay in L1
+    COL_MIN = 64            # fewest columns per pass-1 task (unless the row is shorter)
+    TASKS_MIN = 8           # pass-1 tasks wanted, for the threads (column chunks supply them)
+    ROWS_MIN = 64           # fewest rows in a column-path row block (pass-1 partials)
+    OUT_ROWS = 16           # rows per pass-2 task
     NB_MAX = 32             # most row blocks
     PART_BUDGET = 131072    # row blocks * columns at most (1 MiB per partial array)
 # fmt: on
@@ -175,8 +178,9 @@ cdef struct Plan:
     bint planes
     # planes: units of at most CHUNK values, nch per plane, U in all
     idx_t nch, U
-    # columns: N rows of ncols = C*L values, blocks of RB rows (nb), column chunks (ncc)
-    idx_t ncols, RB, nb, ncc
+    # columns: N rows of ncols = C*L values, blocks of RB rows (nb), pass-1 column
+    # chunks of cw columns (ncc)
+    idx_t ncols, RB, nb, cw, ncc
 
 
 cdef inline idx_t _cdiv(idx_t a, idx_t b) noexcept nogil:
@@ -200,7 +204,11 @@ cdef void _make_plan(Plan* p, idx_t N, idx_t C, idx_t L) noexcept nogil:
         nb = 1
     p.RB = _cdiv(N, nb) if N > 0 else 1
     p.nb = _cdiv(N, p.RB)
-    p.ncc = _cdiv(p.ncols, COL_CHUNK)
+    # Column chunks do not change any value (each column has its own partials), so
+    # they can be cut as narrow as the threads need when there are few row blocks.
+    p.cw = min(<idx_t>COL_CHUNK, max(<idx_t>COL_MIN, _cdiv(p.ncols, _cdiv(TASKS_MIN, max(p.nb, 1)))))
+    p.cw = _cdiv(p.cw, 16) * 16
+    p.ncc = _cdiv(p.ncols, p.cw)
 
 
 cdef inline idx_t _work_doubles(Plan* p) noexcept nogil:
@@ -560,7 +568,7 @@ cdef void _columns_run(const real* x, const real* grad_y, real* out, Plan* p, Ch
     the group from cache (as planes do), was measured 1.3-1.5x slower on (4096, 512) and
     (16384, 256): a group that fits L2 is 32-64 columns, i.e. short strided row segments."""
     cdef idx_t N = p.N, C = p.C, ncols = p.ncols, nbc = p.nb * p.ncols
-    cdef idx_t T = p.nb * p.ncc, NB = _cdiv(N, ROWS_MIN)
+    cdef idx_t T = p.nb * p.ncc, NB = _cdiv(N, OUT_ROWS)
     cdef double* part1 = work
     cdef double* part2 = work + nbc
     cdef double* col = work + 2 * nbc   # per column: centre, then mean; alpha; beta; delta
@@ -574,8 +582,8 @@ cdef void _columns_run(const real* x, const real* grad_y, real* out, Plan* p, Ch
             hi = T * (t + 1) // nt
             for task in range(lo, hi):
                 b = task // p.ncc
-                j0 = (task - b * p.ncc) * COL_CHUNK
-                _block_sums(x, grad_y, p, col, part1, part2, b, j0, min(j0 + COL_CHUNK, ncols))
+                j0 = (task - b * p.ncc) * p.cw
+                _block_sums(x, grad_y, p, col, part1, part2, b, j0, min(j0 + p.cw, ncols))
         _columns_total(p, part1, part2, ch)
     _spread_map(p, ch, col, 0, C)
     nt = _threads(num_threads, NB)
@@ -584,7 +592,7 @@ cdef void _columns_run(const real* x, const real* grad_y, real* out, Plan* p, Ch
         hi = NB * (t + 1) // nt
         for i in range(lo, hi):
             b = hi - 1 - (i - lo)
-            _rows_out(x, grad_y, out, p, b * ROWS_MIN, min(b * ROWS_MIN + ROWS_MIN, N), 0, ncols,
+            _rows_out(x, grad_y, out, p, b * OUT_ROWS, min(b * OUT_ROWS + OUT_ROWS, N), 0, ncols,
                       col)
 
 

@@ -215,7 +215,8 @@ def test_affine_off_means_gamma_one_beta_zero():
 # chunks, 3-D column path, plane path with planes split into several units.
 # fmt: off
 LAYOUT_SHAPES = [
-    (300, 1100),      # columns: 19 row blocks x 2 column chunks
+    (300, 1100),      # columns: 5 row blocks x 2 column chunks
+    (100, 1030),      # columns: 2 row blocks x 4 narrow chunks, the last one ragged
     (2, 3),           # one row block, fewer columns than a chunk
     (64, 5, 40),      # 3-D, L < 64: columns
     (16, 8, 500),     # planes, one unit per plane
@@ -246,7 +247,7 @@ def test_every_layout_matches_reference(shape, dtype):
 
 
 # plane shapes cover both schedules: whole channels per thread, and memory order (C = 3, 5)
-@pytest.mark.parametrize("shape", [(4096, 130), (300, 1100), (64, 40, 7), (32, 16, 196), (3, 2, 40000),
+@pytest.mark.parametrize("shape", [(4096, 130), (300, 1100), (100, 1030), (64, 40, 7), (32, 16, 196), (3, 2, 40000),
                                    (6, 3, 300), (2, 5, 20000)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kernel_independent_of_thread_count(shape, dtype):
