@@ -1,10 +1,13 @@
 """Stateless layer functions (torch.nn.functional counterparts), written with
 Tensor ops or a fused Function; the Modules in tb.nn call these."""
+import math
+
 import numpy as np
 
 from ..grad_mode import no_grad
 from ..random import generator
 from ..tensor import Tensor, _FLOATS, stack, where
+from ._batchnorm_fused import batch_norm_eval_fused, batch_norm_train_fused
 
 
 def _promote(fn, x, w):
@@ -194,6 +197,13 @@ def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
 # ------------------------------------------------------------------ batch norm
 
 
+def _positive_finite(v):
+    try:
+        return 0.0 < float(v) < math.inf
+    except OverflowError:  # an int beyond float range
+        return False
+
+
 def _check_batch_norm_args(x, running_mean, running_var, weight, bias, training, momentum, eps, impl):
     """Every check batch_norm makes, run before anything is computed or updated."""
     if not isinstance(x, Tensor):
@@ -215,7 +225,7 @@ def _check_batch_norm_args(x, running_mean, running_var, weight, bias, training,
                              f"(input shape {x.shape}), got {t.shape}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm: running_mean and running_var must both be given or both be None")
-    if not (isinstance(eps, (int, float)) and eps > 0 and np.isfinite(eps)):
+    if not (isinstance(eps, (int, float)) and _positive_finite(eps)):
         raise ValueError(f"batch_norm: eps must be a positive finite number, got {eps!r}")
     if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
         raise ValueError(f"batch_norm: momentum must be in [0, 1] or None, got {momentum!r}")
@@ -288,14 +298,12 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         bias = bias.to(x.dtype)
     if uses_batch_stats:
         if impl == "fused":
-            from ._batchnorm_fused import batch_norm_train_fused
             return batch_norm_train_fused(x, weight, bias, running_mean, running_var, momentum, eps)
         y, mean, var = batch_norm_composed(x, weight, bias, eps)
         if running_mean is not None and training:
             _update_running_stats(running_mean, running_var, mean.data, var.data, x.size // x.shape[1], momentum)
         return y
     if impl == "fused":
-        from ._batchnorm_fused import batch_norm_eval_fused
         return batch_norm_eval_fused(x, weight, bias, running_mean, running_var, eps)
     # Inference: one fixed affine map per channel, y = x * scale + shift.
     inv_std = Tensor._make((1.0 / np.sqrt(running_var.data.astype(np.float64) + eps)).astype(x.dtype), None, False)
