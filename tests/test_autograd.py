@@ -252,3 +252,44 @@ def test_large_gemm_is_independent_of_thread_count():
             np.testing.assert_allclose(one, np.matmul(a, b), rtol=1e-5, atol=1e-4)
     finally:
         tb.set_num_threads(before)
+
+
+def test_user_functions_with_value_equality_keep_their_own_gradients():
+    """The engine keys graph nodes by identity: a user's Function may define __eq__
+    (which leaves it unhashable) or a value-based __hash__ that makes distinct nodes
+    compare equal; neither may merge nodes or break the walk."""
+    from tinygrad_bn.function import Function
+
+    class Scale(Function):  # y = k * x, dy/dx = k
+        def forward(self, x):
+            return x * self.k
+
+        def backward(self, g):
+            return g * self.k
+
+    class ScaleEq(Scale):
+        def __eq__(self, other):  # no __hash__: instances are unhashable
+            return isinstance(other, Scale)
+
+    class ScaleAllEqual(Scale):
+        def __eq__(self, other):
+            return True
+
+        def __hash__(self):
+            return 0
+
+    for cls in (ScaleEq, ScaleAllEqual):
+        x = tb.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+        # two distinct nodes on one path and a diamond: d/dx (2*(3x) + 5x) = 11
+        a = cls.apply(x, k=3.0)
+        y = cls.apply(a, k=2.0) + cls.apply(x, k=5.0)
+        y.sum().backward()
+        np.testing.assert_array_equal(x.grad.numpy(), [11.0, 11.0])
+        x2 = tb.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+        a2 = cls.apply(x2, k=3.0)
+        a2.retain_grad()
+        out = cls.apply(a2, k=2.0).sum()
+        (gx,) = tb.grad(out, [x2], retain_graph=True)
+        np.testing.assert_array_equal(gx.numpy(), [6.0, 6.0])
+        out.backward()
+        np.testing.assert_array_equal(a2.grad.numpy(), [2.0, 2.0])

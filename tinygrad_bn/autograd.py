@@ -24,8 +24,9 @@ def _topological_order(roots, wanted=None):
     deterministic. Also returns, per node, the non-leaf tensors it produced that were
     seen on the way (for retain_grad and tb.grad of non-leaves).
     """
-    # NOTE: nodes are their own set/dict keys (Function keeps object's identity hash),
-    # cheaper than id(); Tensors go by id() since their == is elementwise.
+    # NOTE: nodes and tensors go by id(): a Tensor's == is elementwise, and a user's
+    # Function subclass may define __eq__ (leaving it unhashable) or a value-based
+    # __hash__ that would merge distinct nodes. The walk keeps every node alive.
     order, seen, produced = [], set(), {}
     stack = []
     for r in roots:
@@ -33,16 +34,17 @@ def _topological_order(roots, wanted=None):
         if fn is not None:
             stack.append(fn)
             if r._retains_grad or (wanted is not None and id(r) in wanted):
-                produced.setdefault(fn, []).append(r)
+                produced.setdefault(id(fn), []).append(r)
     push, pop = stack.append, stack.pop
     while stack:
         fn = pop()
         if fn is None:  # marker pushed below a node's inputs: they are all done
             order.append(pop())
             continue
-        if fn in seen:
+        key = id(fn)
+        if key in seen:
             continue
-        seen.add(fn)
+        seen.add(key)
         inputs = fn.inputs
         if inputs is None:
             raise RuntimeError(_FREED)
@@ -52,8 +54,8 @@ def _topological_order(roots, wanted=None):
             ctx = p._ctx
             if ctx is not None:
                 if p._retains_grad or (wanted is not None and id(p) in wanted):
-                    produced.setdefault(ctx, []).append(p)
-                if ctx not in seen:
+                    produced.setdefault(id(ctx), []).append(p)
+                if id(ctx) not in seen:
                     push(ctx)
     return order, produced
 
@@ -126,23 +128,24 @@ def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None)
             if i is not None:
                 found[i] = g if found[i] is None else _add(found[i], g)
 
-    pending = {}  # node -> the sum so far of the gradients reaching its output
+    pending = {}  # id(node) -> the sum so far of the gradients reaching its output
     for out, g in zip(outputs, roots_grad):
         fn = out._ctx
         if fn is None:
             deliver(out, g)
         else:
-            pending[fn] = g if fn not in pending else pending[fn] + g
+            key = id(fn)
+            pending[key] = g if key not in pending else pending[key] + g
 
     prev = set_grad_enabled(create_graph)
     try:
         for fn in reversed(order):
-            g = pending.pop(fn, None)
+            g = pending.pop(id(fn), None)
             if g is None:
                 continue
             if produced:
                 delivered = set()
-                for t in produced.get(fn, ()):
+                for t in produced.get(id(fn), ()):
                     if id(t) not in delivered:
                         delivered.add(id(t))
                         deliver(t, g)
@@ -157,7 +160,8 @@ def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None)
                 if ctx is None:
                     deliver(p, pg)
                 else:
-                    pending[ctx] = pg if ctx not in pending else _add(pending[ctx], pg)
+                    key = id(ctx)
+                    pending[key] = pg if key not in pending else _add(pending[key], pg)
             if not retain_graph:
                 # Free the node: its inputs (and any saved arrays) go with the reference.
                 fn.__dict__.clear()
