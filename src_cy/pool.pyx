@@ -13,6 +13,7 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.math cimport INFINITY
+from libc.string cimport memset
 
 from tb_types cimport real, idx_t
 from threadcheck cimport check_threads
@@ -144,8 +145,10 @@ cdef void _max_fwd_plane(const real* x, real* y, long long* argmax, idx_t H, idx
 
 
 cdef void _max_bwd_plane(const real* grad_y, const long long* argmax, real* grad_x,
-                         idx_t L) noexcept nogil:
+                         idx_t L, idx_t HW) noexcept nogil:
     cdef idx_t o, idx
+    # zeroed here, plane by plane, so it is still in cache for the scatter below
+    memset(grad_x, 0, HW * sizeof(real))
     # grad_x[argmax[o]] += grad_y[o]   (windows may overlap; fixed order o = 0..L-1)
     for o in range(L):
         idx = argmax[o]
@@ -232,7 +235,7 @@ cdef void _max_bwd_run(const real[:, :, :, ::1] grad_y, const long long[:, :, :,
     cdef real* gxp = &grad_x[0, 0, 0, 0]
     # plane p: grad_x[p] += scatter(grad_y[p] at argmax[p]); each thread owns grad_x[p]
     for p in prange(NC, nogil=True, num_threads=num_threads, schedule='static'):
-        _max_bwd_plane(gyp + p * L, ap + p * L, gxp + p * HW, L)
+        _max_bwd_plane(gyp + p * L, ap + p * L, gxp + p * HW, L, HW)
 
 
 cdef void _avg_fwd_run(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
@@ -348,6 +351,35 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation=(1, 1), num_threads=
     return y, argmax
 
 
+cdef void _span_min_max(const long long* p, idx_t n, long long* lo, long long* hi) noexcept nogil:
+    cdef idx_t i
+    cdef long long l = p[0], h = p[0], v
+    for i in range(n):
+        v = p[i]
+        l = v if v < l else l
+        h = v if v > h else h
+    lo[0] = l
+    hi[0] = h
+
+
+cdef void _min_max(const long long[:, :, :, ::1] a, long long* lo, long long* hi,
+                   int num_threads) noexcept:
+    """lo, hi = a.min(), a.max() of a non-empty array: one pass, split over the threads."""
+    cdef const long long* p = &a[0, 0, 0, 0]
+    cdef idx_t n = a.shape[0] * a.shape[1] * a.shape[2] * a.shape[3], b0, b1
+    cdef int t, nt = num_threads if n >= 65536 else 1
+    cdef long long[::1] los = np.empty(nt, dtype=np.int64), his = np.empty(nt, dtype=np.int64)
+    for t in prange(nt, nogil=True, num_threads=nt, schedule='static'):
+        b0 = n * t // nt
+        b1 = n * (t + 1) // nt
+        _span_min_max(p + b0, b1 - b0, &los[t], &his[t])
+    lo[0] = los[0]
+    hi[0] = his[0]
+    for t in range(1, nt):
+        lo[0] = los[t] if los[t] < lo[0] else lo[0]
+        hi[0] = his[t] if his[t] > hi[0] else hi[0]
+
+
 def max_pool2d_backward(grad_y, argmax, x_shape, num_threads=1):
     """grad_x[n, c].flat[argmax[n, c, oh, ow]] += grad_y[n, c, oh, ow].
 
@@ -372,15 +404,15 @@ def max_pool2d_backward(grad_y, argmax, x_shape, num_threads=1):
     if grad_y.shape[:2] != (N, C):
         raise ValueError(f"grad_y must have (N, C) = {(N, C)} of x_shape, "
                          f"got {grad_y.shape[:2]}")
-    grad_x = np.zeros((N, C, H, W), dtype=grad_y.dtype)
-    if grad_y.size == 0:
-        return grad_x
-    lo, hi = int(argmax.min()), int(argmax.max())
+    if grad_y.size == 0 or N * C * H * W == 0:
+        return np.zeros((N, C, H, W), dtype=grad_y.dtype)
+    cdef long long lo = 0, hi = 0
+    _min_max(argmax, &lo, &hi, num_threads)
     if lo < -1 or hi >= H * W:
         raise ValueError(f"argmax entries must be in [-1, {H * W}) for planes of {H}x{W}, "
                          f"got values in [{lo}, {hi}]")
-    if grad_x.size == 0:
-        return grad_x
+    # every plane is zeroed by the kernel before its scatter
+    grad_x = np.empty((N, C, H, W), dtype=grad_y.dtype)
     if grad_y.dtype == np.float32:
         _max_bwd_run[float](grad_y, argmax, grad_x, num_threads)
     else:
