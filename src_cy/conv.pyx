@@ -22,7 +22,7 @@ does not depend on the thread count.
 import numpy as np
 
 from cython.parallel cimport prange
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from tb_types cimport real, idx_t
 from threadcheck cimport check_threads
@@ -30,6 +30,40 @@ from window cimport _end_inside, _first_inside
 
 from tinygrad_bn._C._checks import _check_array, _int, _pair
 
+
+
+cdef void _im2col_plane_shifted(const real* x, real* cols, idx_t H, idx_t W,
+                                idx_t kh, idx_t kw, idx_t ph, idx_t pw, idx_t dh, idx_t dw,
+                                idx_t OH) noexcept nogil:
+    """_im2col_plane for stride 1 and OW == W ("same" width): each tap's row of cols is
+    the plane shifted by (i*dh - ph) rows and (j*dw - pw) columns, so it is one copy of
+    the rows that exist, zeros for the rows that do not, and zeros over the columns
+    that wrapped around from the neighbouring row. Same values as the general loop."""
+    cdef idx_t i, j, oh_lo, oh_hi, ow_lo, ow_hi, shift, k0, k1, oh, ow, L = OH * W
+    cdef real* out
+    for i in range(kh):
+        # ih = oh + i*dh - ph lies inside [0, H) exactly for oh in [oh_lo, oh_hi)
+        oh_lo = min(max(ph - i * dh, 0), OH)
+        oh_hi = max(min(H + ph - i * dh, OH), oh_lo)
+        for j in range(kw):
+            out = cols + (i * kw + j) * L
+            # out[k] = x[k + shift] for k = oh*W + ow, iw = ow + j*dw - pw
+            shift = (i * dh - ph) * W + j * dw - pw
+            memset(out, 0, oh_lo * W * sizeof(real))
+            memset(out + oh_hi * W, 0, (OH - oh_hi) * W * sizeof(real))
+            # the copy, clipped to the plane; what it skips is a wrapped column
+            k0 = max(oh_lo * W, -shift)
+            k1 = min(oh_hi * W, H * W - shift)
+            if k1 > k0:
+                memcpy(out + k0, x + k0 + shift, (k1 - k0) * sizeof(real))
+            # columns whose input column iw lies outside [0, W): zeros
+            ow_lo = min(max(pw - j * dw, 0), W)
+            ow_hi = max(min(W + pw - j * dw, W), ow_lo)
+            for oh in range(oh_lo, oh_hi):
+                for ow in range(ow_lo):
+                    out[oh * W + ow] = 0
+                for ow in range(ow_hi, W):
+                    out[oh * W + ow] = 0
 
 
 cdef void _im2col_plane(const real* x, real* cols, idx_t H, idx_t W,
@@ -40,6 +74,9 @@ cdef void _im2col_plane(const real* x, real* cols, idx_t H, idx_t W,
     cdef idx_t L = OH * OW
     cdef real* out
     cdef const real* xrow
+    if sh == 1 and sw == 1 and OW == W:
+        _im2col_plane_shifted(x, cols, H, W, kh, kw, ph, pw, dh, dw, OH)
+        return
     for i in range(kh):
         for j in range(kw):
             # iw = ow*sw + off lies inside [0, W) exactly for ow in [ow_lo, ow_hi)

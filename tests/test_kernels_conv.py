@@ -172,6 +172,26 @@ def test_im2col_matches_strided_windows(geometry, dtype, seed):
     np.testing.assert_array_equal(cols, expected.reshape(N, C * kh * kw, OH * OW))
 
 
+# stride 1 with OW == W ("same" width) takes a shifted-copy path: kernels, paddings
+# (more rows of padding than the kernel spans included) and dilations for it
+@pytest.mark.parametrize("kh, kw, ph, pw, dh, dw", [
+    (3, 3, 1, 1, 1, 1), (5, 5, 2, 2, 1, 1), (3, 3, 2, 2, 2, 2), (1, 1, 0, 0, 1, 1),
+    (3, 1, 0, 0, 1, 1), (3, 3, 0, 1, 1, 1), (2, 3, 1, 1, 1, 1), (3, 5, 3, 2, 1, 1), (1, 3, 0, 2, 1, 2)])
+@pytest.mark.parametrize("H, W", [(1, 1), (2, 5), (6, 3), (7, 8)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_im2col_same_width_stride_one(kh, kw, ph, pw, dh, dw, H, W, dtype):
+    OH = out_size(H, kh, 1, ph, dh)
+    if OH < 1:
+        pytest.skip("kernel does not fit")
+    assert out_size(W, kw, 1, pw, dw) == W
+    x = np.random.default_rng(H * W).standard_normal((2, 3, H, W)).astype(dtype)
+    cols = cconv.im2col(x, kh, kw, (1, 1), (ph, pw), (dh, dw), 2)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph,) * 2, (pw,) * 2))
+    expected = np.stack([window(xp, i, j, (1, 1), (dh, dw), OH, W)
+                         for i in range(kh) for j in range(kw)], axis=2)
+    np.testing.assert_array_equal(cols, expected.reshape(2, 3 * kh * kw, OH * W))
+
+
 @given(conv_geometries(), st.sampled_from(DTYPES), st.integers(0, 2**32 - 1))
 def test_col2im_is_adjoint_of_im2col(geometry, dtype, seed):
     # <im2col(x), c> == <x, col2im(c)>
