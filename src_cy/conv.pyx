@@ -108,6 +108,33 @@ cdef void _im2col_plane(const real* x, real* cols, idx_t H, idx_t W,
                     out[ow] = 0
 
 
+cdef void _col2im_plane_shifted(const real* cols, real* x, idx_t H, idx_t W,
+                                idx_t kh, idx_t kw, idx_t ph, idx_t pw, idx_t dh, idx_t dw,
+                                idx_t OH, const unsigned char* valid) noexcept nogil:
+    """_col2im_plane for stride 1 and OW == W: tap (i, j) adds its row of cols to the
+    plane shifted by (i*dh - ph) rows and (j*dw - pw) columns, as one contiguous loop
+    over the rows that exist; valid[j*L + k] is 0 where column k % W wrapped around
+    from the neighbouring row, and there 0 is added instead. Same values and the same
+    (i, j) order of additions per element as the general loop: adding +0.0 changes
+    nothing, since a sum that starts at +0.0 never becomes -0.0."""
+    cdef idx_t i, j, oh_lo, oh_hi, shift, k0, k1, k, L = OH * W
+    cdef const real* src
+    cdef const unsigned char* m
+    memset(x, 0, H * W * sizeof(real))
+    for i in range(kh):
+        oh_lo = min(max(ph - i * dh, 0), OH)
+        oh_hi = max(min(H + ph - i * dh, OH), oh_lo)
+        for j in range(kw):
+            src = cols + (i * kw + j) * L
+            m = valid + j * L
+            # x[k + shift] += src[k] for k = oh*W + ow, clipped to the plane
+            shift = (i * dh - ph) * W + j * dw - pw
+            k0 = max(oh_lo * W, -shift)
+            k1 = min(oh_hi * W, H * W - shift)
+            for k in range(k0, k1):
+                x[k + shift] += src[k] if m[k] else 0
+
+
 cdef void _col2im_plane(const real* cols, real* x, idx_t H, idx_t W,
                         idx_t kh, idx_t kw, idx_t sh, idx_t sw, idx_t ph, idx_t pw,
                         idx_t dh, idx_t dw, idx_t OH, idx_t OW) noexcept nogil:
@@ -154,16 +181,25 @@ cdef void _im2col_run(const real[:, :, :, ::1] x, real[:, :, ::1] cols,
 
 cdef void _col2im_run(const real[:, :, ::1] cols, real[:, :, :, ::1] x,
                       idx_t kh, idx_t kw, idx_t sh, idx_t sw, idx_t ph, idx_t pw,
-                      idx_t dh, idx_t dw, idx_t OH, idx_t OW, int num_threads):
+                      idx_t dh, idx_t dw, idx_t OH, idx_t OW,
+                      const unsigned char[:, ::1] valid, int num_threads):
+    """valid: None, or the column masks of _col2im_plane_shifted (stride 1, OW == W)."""
     cdef idx_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef idx_t p, NC = N * C
     cdef idx_t plane_in = H * W, plane_out = kh * kw * OH * OW
     cdef const real* cp = &cols[0, 0, 0]
     cdef real* xp = &x[0, 0, 0, 0]
     # plane p = n*C + c: x[p] += fold(cols rows [p*kh*kw, (p+1)*kh*kw)); each thread owns x[p]
+    cdef const unsigned char* vp = NULL
+    if valid is not None:
+        vp = &valid[0, 0]
     for p in prange(NC, nogil=True, num_threads=num_threads, schedule='static'):
-        _col2im_plane(cp + p * plane_out, xp + p * plane_in, H, W,
-                      kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
+        if vp != NULL:
+            _col2im_plane_shifted(cp + p * plane_out, xp + p * plane_in, H, W,
+                                  kh, kw, ph, pw, dh, dw, OH, vp)
+        else:
+            _col2im_plane(cp + p * plane_out, xp + p * plane_in, H, W,
+                          kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
 
 
 # ---------------------------------------------------------------------------------------
@@ -296,8 +332,13 @@ def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
     if cols.size == 0:
         x.fill(0)
         return x
+    valid = None
+    if sh == 1 and sw == 1 and OW == W:
+        # valid[j, oh*W + ow]: input column ow + j*dw - pw lies inside [0, W)
+        iw = np.arange(W)[None, :] + np.arange(kw)[:, None] * dw - pw
+        valid = np.tile(((iw >= 0) & (iw < W)).astype(np.uint8), (1, OH))
     if cols.dtype == np.float32:
-        _col2im_run[float](cols, x, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, num_threads)
+        _col2im_run[float](cols, x, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, valid, num_threads)
     else:
-        _col2im_run[double](cols, x, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, num_threads)
+        _col2im_run[double](cols, x, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, valid, num_threads)
     return x

@@ -192,6 +192,28 @@ def test_im2col_same_width_stride_one(kh, kw, ph, pw, dh, dw, H, W, dtype):
     np.testing.assert_array_equal(cols, expected.reshape(2, 3 * kh * kw, OH * W))
 
 
+@pytest.mark.parametrize("kh, kw, ph, pw, dh, dw", [
+    (3, 3, 1, 1, 1, 1), (5, 5, 2, 2, 1, 1), (3, 3, 2, 2, 2, 2), (1, 1, 0, 0, 1, 1),
+    (3, 1, 0, 0, 1, 1), (3, 3, 0, 1, 1, 1), (2, 3, 1, 1, 1, 1), (3, 5, 3, 2, 1, 1), (1, 3, 0, 2, 1, 2)])
+@pytest.mark.parametrize("H, W", [(1, 1), (2, 5), (6, 3), (7, 8)])
+def test_col2im_same_width_stride_one(kh, kw, ph, pw, dh, dw, H, W):
+    """col2im on the shifted path equals a scatter-add of cols through im2col's own
+    index map (1 + flat input index, 0 for padding), in float64."""
+    OH = out_size(H, kh, 1, ph, dh)
+    if OH < 1:
+        pytest.skip("kernel does not fit")
+    rng = np.random.default_rng(H * W + kh)
+    cols = rng.standard_normal((2, 3 * kh * kw, OH * W))
+    index = (np.arange(H * W, dtype=np.float64) + 1).reshape(1, 1, H, W)
+    where = cconv.im2col(index, kh, kw, (1, 1), (ph, pw), (dh, dw), 1)[0].astype(np.int64)  # (kh*kw, L)
+    x = cconv.col2im(cols, (2, 3, H, W), kh, kw, (1, 1), (ph, pw), (dh, dw), 2)
+    for n in range(2):
+        for c in range(3):
+            block = cols[n, c * kh * kw:(c + 1) * kh * kw]
+            ref = np.bincount(where[where > 0] - 1, weights=block[where > 0], minlength=H * W)
+            np.testing.assert_allclose(x[n, c].ravel(), ref, rtol=1e-12, atol=1e-12)
+
+
 @given(conv_geometries(), st.sampled_from(DTYPES), st.integers(0, 2**32 - 1))
 def test_col2im_is_adjoint_of_im2col(geometry, dtype, seed):
     # <im2col(x), c> == <x, col2im(c)>
