@@ -33,8 +33,8 @@ cdef extern from *:
        loop of _max_fwd_plane. Reads stay inside the two rows: 2 * n <= W.
        Scalar: integer selects, compiled without branches (a data-dependent branch
        mispredicts half the time on random data). */
-    #define TB_MAX_2X2_SCALAR(T, o_begin)                                          \
-        for (Py_ssize_t o = (o_begin); o < n; o++) {                               \
+    #define TB_MAX_2X2_SCALAR(T)                                                   \
+        for (Py_ssize_t o = 0; o < n; o++) {                                       \
             long long i = idx0 + 2 * o, bi = i, m, off[3] = {1, W, W + 1};         \
             for (int k = 0; k < 3; k++) {                                          \
                 T v = x[i - idx0 + off[k]], best = x[bi - idx0];                   \
@@ -45,7 +45,7 @@ cdef extern from *:
         }
     static inline void tb_max_2x2_f64(const double *x, double *y, long long *a,
                                       long long idx0, Py_ssize_t n, Py_ssize_t W) {
-        TB_MAX_2X2_SCALAR(double, 0)
+        TB_MAX_2X2_SCALAR(double)
     }
     /* float32: eight outputs at a time with GCC vector types (even / odd columns split
        by shuffles); when n is not a multiple of 8 the last eight overlap the previous
@@ -65,7 +65,7 @@ cdef extern from *:
                                       long long idx0, Py_ssize_t n, Py_ssize_t W) {
         const tb_v8q lane2 = {0, 2, 4, 6, 8, 10, 12, 14};
         if (n < 8) {
-            TB_MAX_2X2_SCALAR(float, 0)
+            TB_MAX_2X2_SCALAR(float)
             return;
         }
         for (Py_ssize_t o = 0;; o += 8) {
