@@ -2,13 +2,17 @@
 
     python bench/ops.py            # all cases
     python bench/ops.py --quick    # shorter timing loops
+    python bench/ops.py --runs 3 --pause 20   # each cell the best of 3 spaced runs
 
 Prints one table per thread count; ratio columns are ours/torch and ours/numpy
 (below 1 means we are faster). numpy has no backward, so its fwd+bwd column is empty.
+This machine's speed can move by 2-4x over minutes: with --runs K every table is
+measured K times, --pause seconds apart, and each cell keeps its fastest time.
 """
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -87,13 +91,24 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    p.add_argument("--runs", type=int, default=1, help="measure every table this many times, keep each cell's best")
+    p.add_argument("--pause", type=float, default=0.0, help="seconds between runs")
     args = p.parse_args()
     torch = try_import_torch()
     min_time = 0.2 if args.quick else 1.0
     print(f"float32; torch {'%s' % torch.__version__ if torch else 'not installed'}; numpy {np.__version__}")
     results = {}
+    for k in range(args.runs):
+        if k:
+            time.sleep(args.pause)
+        for n in args.threads:
+            rows = run(n, min_time, torch)
+            old = results.get(n, rows)
+            results[n] = [(r[0],) + tuple(None if a is None else min(a, b) for a, b in zip(r[1:], o[1:]))
+                          for r, o in zip(rows, old)]
+    if args.runs > 1:
+        print(f"(best of {args.runs} runs, {args.pause:g} s apart)")
     for n in args.threads:
-        results[n] = run(n, min_time, torch)
         print(f"\n== {n} thread(s) ==")
         print(f"{'op':28s} {'ours':>10s} {'numpy':>10s} {'torch':>10s} {'o/t':>5s} {'o/np':>5s} | "
               f"{'ours f+b':>10s} {'torch f+b':>10s} {'o/t':>5s}")
