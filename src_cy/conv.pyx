@@ -19,6 +19,8 @@ plane's rows; col2im adds only into that plane), so there are no races and the r
 does not depend on the thread count.
 """
 
+import functools
+
 import numpy as np
 
 from cython.parallel cimport prange
@@ -32,6 +34,20 @@ from tinygrad_bn._C._checks import _check_array, _int, _pair
 
 
 
+cdef inline void _shifted_tap(idx_t i, idx_t j, idx_t H, idx_t W, idx_t ph, idx_t pw,
+                              idx_t dh, idx_t dw, idx_t OH, idx_t* oh_lo, idx_t* oh_hi,
+                              idx_t* shift, idx_t* k0, idx_t* k1) noexcept nogil:
+    """Tap (i, j) of a stride-1, OW == W window: its cols row k = oh*W + ow reads input
+    x[k + shift]; oh in [oh_lo, oh_hi) are the rows with ih = oh + i*dh - ph inside
+    [0, H); [k0, k1) is that row range clipped so that k + shift stays in the plane
+    (what the clip drops is a column that wrapped around from the neighbouring row)."""
+    oh_lo[0] = min(max(ph - i * dh, 0), OH)
+    oh_hi[0] = max(min(H + ph - i * dh, OH), oh_lo[0])
+    shift[0] = (i * dh - ph) * W + j * dw - pw
+    k0[0] = max(oh_lo[0] * W, -shift[0])
+    k1[0] = min(oh_hi[0] * W, H * W - shift[0])
+
+
 cdef void _im2col_plane_shifted(const real* x, real* cols, idx_t H, idx_t W,
                                 idx_t kh, idx_t kw, idx_t ph, idx_t pw, idx_t dh, idx_t dw,
                                 idx_t OH) noexcept nogil:
@@ -42,18 +58,12 @@ cdef void _im2col_plane_shifted(const real* x, real* cols, idx_t H, idx_t W,
     cdef idx_t i, j, oh_lo, oh_hi, ow_lo, ow_hi, shift, k0, k1, oh, ow, L = OH * W
     cdef real* out
     for i in range(kh):
-        # ih = oh + i*dh - ph lies inside [0, H) exactly for oh in [oh_lo, oh_hi)
-        oh_lo = min(max(ph - i * dh, 0), OH)
-        oh_hi = max(min(H + ph - i * dh, OH), oh_lo)
         for j in range(kw):
             out = cols + (i * kw + j) * L
-            # out[k] = x[k + shift] for k = oh*W + ow, iw = ow + j*dw - pw
-            shift = (i * dh - ph) * W + j * dw - pw
+            # out[k] = x[k + shift]: rows that exist copied, missing rows zero
+            _shifted_tap(i, j, H, W, ph, pw, dh, dw, OH, &oh_lo, &oh_hi, &shift, &k0, &k1)
             memset(out, 0, oh_lo * W * sizeof(real))
             memset(out + oh_hi * W, 0, (OH - oh_hi) * W * sizeof(real))
-            # the copy, clipped to the plane; what it skips is a wrapped column
-            k0 = max(oh_lo * W, -shift)
-            k1 = min(oh_hi * W, H * W - shift)
             if k1 > k0:
                 memcpy(out + k0, x + k0 + shift, (k1 - k0) * sizeof(real))
             # columns whose input column iw lies outside [0, W): zeros
@@ -122,15 +132,11 @@ cdef void _col2im_plane_shifted(const real* cols, real* x, idx_t H, idx_t W,
     cdef const unsigned char* m
     memset(x, 0, H * W * sizeof(real))
     for i in range(kh):
-        oh_lo = min(max(ph - i * dh, 0), OH)
-        oh_hi = max(min(H + ph - i * dh, OH), oh_lo)
         for j in range(kw):
             src = cols + (i * kw + j) * L
             m = valid + j * L
-            # x[k + shift] += src[k] for k = oh*W + ow, clipped to the plane
-            shift = (i * dh - ph) * W + j * dw - pw
-            k0 = max(oh_lo * W, -shift)
-            k1 = min(oh_hi * W, H * W - shift)
+            # x[k + shift] += src[k] over the rows that exist
+            _shifted_tap(i, j, H, W, ph, pw, dh, dw, OH, &oh_lo, &oh_hi, &shift, &k0, &k1)
             for k in range(k0, k1):
                 x[k + shift] += src[k] if m[k] else 0
 
@@ -292,6 +298,17 @@ def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1), num_thread
     return cols
 
 
+@functools.lru_cache(maxsize=32)
+def _column_masks(W, kw, pw, dw, OH):
+    """valid[j, oh*W + ow] = 1 where input column ow + j*dw - pw lies inside [0, W) (for
+    _col2im_plane_shifted). Cached: a conv backward calls col2im once per chunk of
+    images with the same geometry, and building it costs about 10 us."""
+    iw = np.arange(W)[None, :] + np.arange(kw)[:, None] * dw - pw
+    valid = np.tile(((iw >= 0) & (iw < W)).astype(np.uint8), (1, OH))
+    valid.flags.writeable = False
+    return valid
+
+
 def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1), num_threads=1,
            out=None):
     """Fold GEMM columns back into images, adding overlapping patches (adjoint of im2col).
@@ -332,11 +349,7 @@ def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
     if cols.size == 0:
         x.fill(0)
         return x
-    valid = None
-    if sh == 1 and sw == 1 and OW == W:
-        # valid[j, oh*W + ow]: input column ow + j*dw - pw lies inside [0, W)
-        iw = np.arange(W)[None, :] + np.arange(kw)[:, None] * dw - pw
-        valid = np.tile(((iw >= 0) & (iw < W)).astype(np.uint8), (1, OH))
+    valid = _column_masks(W, kw, pw, dw, OH) if sh == 1 and sw == 1 and OW == W else None
     if cols.dtype == np.float32:
         _col2im_run[float](cols, x, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, valid, num_threads)
     else:
