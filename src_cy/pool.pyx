@@ -364,10 +364,11 @@ cdef void _span_min_max(const long long* p, idx_t n, long long* lo, long long* h
 
 cdef void _min_max(const long long[:, :, :, ::1] a, long long* lo, long long* hi,
                    int num_threads) noexcept:
-    """lo, hi = a.min(), a.max() of a non-empty array: one pass, split over the threads."""
+    """lo, hi = a.min(), a.max() of a non-empty array: one pass, split over the threads
+    (the caller picks num_threads for the array's size, as for the kernels)."""
     cdef const long long* p = &a[0, 0, 0, 0]
     cdef idx_t n = a.shape[0] * a.shape[1] * a.shape[2] * a.shape[3], b0, b1
-    cdef int t, nt = num_threads if n >= 65536 else 1
+    cdef int t, nt = <int>min(<idx_t>num_threads, n)
     cdef long long[::1] los = np.empty(nt, dtype=np.int64), his = np.empty(nt, dtype=np.int64)
     for t in prange(nt, nogil=True, num_threads=nt, schedule='static'):
         b0 = n * t // nt
