@@ -22,7 +22,7 @@ from libc.math cimport INFINITY, exp, fabs, fabsf, log, logf, pow, powf, sqrt, s
 
 import numpy as np
 
-from fastmath cimport tb_expf, tb_sigmoidf, tb_tanhf
+from fastmath cimport tb_expf_shifted, tb_sigmoidf_array, tb_tanhf
 from tb_types cimport idx_t, real
 from floatcheck cimport check_float_array
 from threadcheck cimport check_threads
@@ -505,7 +505,7 @@ cdef void _unary_range(int op, const real* a, const real* g, real* o, idx_t star
         for i in range(start, stop): o[i] = -a[i]
     elif op == EXP:
         if real is float:
-            for i in range(start, stop): o[i] = tb_expf(a[i])
+            tb_expf_shifted(a + start, 0.0, o + start, stop - start)
         else:
             for i in range(start, stop): o[i] = exp(a[i])
     elif op == LOG:
@@ -523,7 +523,7 @@ cdef void _unary_range(int op, const real* a, const real* g, real* o, idx_t star
         for i in range(start, stop): o[i] = _maximum(a[i], <real>0)
     elif op == SIGMOID:
         if real is float:
-            for i in range(start, stop): o[i] = tb_sigmoidf(a[i])
+            tb_sigmoidf_array(a + start, o + start, stop - start)
         else:
             # sigmoid(x) = 1 / (1 + e^-x) = e^x / (1 + e^x); with e = exp(-|x|) <= 1
             # neither form overflows (same scheme as tb_sigmoidf)

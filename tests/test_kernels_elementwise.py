@@ -204,6 +204,45 @@ def test_float32_exp_within_two_ulp_over_its_whole_range():
     assert_ulp_close(kernels.unary("exp", x), want, np.float32, ulps=2)
 
 
+def test_float32_sigmoid_within_three_ulp_over_its_whole_range():
+    # the negative side reaches subnormal results (sigmoid(x) ~ exp(x) below -87)
+    x = np.concatenate([np.arange(0x80000001, np.float32(-110).view(np.uint32), 1009, dtype=np.uint32),
+                        np.arange(0, np.float32(110).view(np.uint32), 1009, dtype=np.uint32)]).view(np.float32)
+    x = np.concatenate([x, np.array([-103.97, -104.0, -1e4, 1e4, np.inf, -np.inf, -0.0], np.float32)])
+    assert_ulp_close(kernels.unary("sigmoid", x), _sigmoid64(x.astype(np.float64)), np.float32, ulps=3)
+
+
+@pytest.mark.parametrize("op", ["exp", "sigmoid"])
+def test_float32_exp_and_sigmoid_do_not_depend_on_the_position_in_the_array(op):
+    # The array loops take 16 values at a time and end with a masked block: a value's
+    # result must be the same bits whether it lands in a full block, in the last
+    # partial one, or in a 1-value array, and softmax's exp must agree with exp.
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-110, 110, 61),
+                        [88.72283935546875, -103.97, -104.0, np.inf, -np.inf, np.nan, -0.0]]).astype(np.float32)
+    whole = kernels.unary(op, x).view(np.uint32)
+    for k in range(1, 18):
+        assert np.array_equal(kernels.unary(op, x[k:]).view(np.uint32), whole[k:]), k
+        assert np.array_equal(kernels.unary(op, x[:k]).view(np.uint32), whole[:k]), k
+    one = np.array([kernels.unary(op, x[i:i + 1])[0] for i in range(x.size)], np.float32)
+    assert np.array_equal(one.view(np.uint32), whole)
+    if op == "exp":
+        # softmax of one row, rebuilt from the exp kernel: e = exp(x - max) in float32,
+        # s = 16 float64 lanes (lane k sums e[16 i + k]) added in order, then the tail,
+        # o = e * float32(1 / s): the same bits only if softmax's exp is exp's
+        row = x[np.isfinite(x)]
+        e = kernels.unary("exp", row - row.max())
+        nv = e.size - e.size % 16
+        lanes = np.zeros(16)
+        for block in e[:nv].astype(np.float64).reshape(-1, 16):
+            lanes += block
+        total = 0.0
+        for v in list(lanes) + list(e[nv:].astype(np.float64)):
+            total += v
+        want = e * np.float32(1.0 / total)
+        assert np.array_equal(_softmax.softmax(row[None, :], 1)[0].view(np.uint32), want.view(np.uint32))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sigmoid_and_tanh_saturate_without_overflow(dtype):
     x = np.array([-1e4, -100.0, -20.0, 0.0, 20.0, 100.0, 1e4, np.nan], dtype)

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinygrad_bn as tb
@@ -295,6 +295,10 @@ def test_batch_norm_inputs_dtype_and_ndim(inputs):
 def test_batch_norm_inputs_reach_zero_and_negative_gamma_and_all_scales():
     seen = {"zero": False, "negative": False, "small": False, "large": False}
 
+    # NOTE: a statement about what the strategy reaches, so it gets a fixed example
+    # sequence of its own: under the random dev profile (50 examples) "large" was
+    # missed now and then, a flaky test rather than a broken strategy
+    @settings(derandomize=True, max_examples=200, database=None)
     @given(tbst.batch_norm_inputs())
     def collect(inputs):
         x, gamma, _ = inputs
