@@ -17,7 +17,15 @@ typedef float tb_v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
 typedef double tb_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
 /* (macros, not functions: a vector-typed argument or result warns -Wpsabi in builds
  * without AVX-512) */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* NOTE: one vcvtps2pd zmm. GCC (12, tuned for 256-bit vectors) lowers the generic
+ * __builtin_convertvector below to two ymm converts, an extract and an insert: float32
+ * sums in cache ran 1.7x slower that way. Same lanes, same values. */
+#define tb_load_f32(p) ((tb_v8d)_mm512_cvtps_pd(_mm256_loadu_ps((const float *)(p))))
+#else
 #define tb_load_f32(p) __builtin_convertvector(*(const tb_v8f_u *)(p), tb_v8d)
+#endif
 #define tb_load_f64(p) ((tb_v8d)*(const tb_v8d_u *)(p))
 #define tb_fold(v) ((((v)[0] + (v)[4]) + ((v)[2] + (v)[6])) + (((v)[1] + (v)[5]) + ((v)[3] + (v)[7])))
 
