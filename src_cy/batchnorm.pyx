@@ -61,7 +61,6 @@ the output maps ask for their multiply-adds explicitly (tb_fma).
 """
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport sqrt
 
 import numpy as np
 
@@ -138,12 +137,66 @@ cdef extern from *:
     }
     TB_UNIT_SUMS(tb_unit_sums_f32, float, tb_load_f32)
     TB_UNIT_SUMS(tb_unit_sums_f64, double, tb_load_f64)
+
+    /* Channel statistics and output-map coefficients from the two sums of channels
+       [0, n) (see Chan in the .pyx). Plain loops over restrict
+       arrays, so the compiler runs the divisions and square roots of eight channels
+       at once: written per channel in Cython they were a latency-bound scalar chain
+       of about 12 ns per channel (12 us of a (4, 1024) call that streams 16 KB).
+       Vector division and square root round like the scalar ones: same bits. */
+    static void tb_finish_forward(Py_ssize_t n, double M, double eps,
+            const double *restrict s1, const double *restrict s2,
+            const double *restrict centre, const double *restrict gamma,
+            double *restrict mean, double *restrict var, double *restrict inv_std,
+            double *restrict alpha) {
+        for (Py_ssize_t c = 0; c < n; c++) {
+            /* mean = K + sum(x - K) / M,  var = sum((x - K)^2) / M - (mean - K)^2 */
+            double d = s1[c] / M;
+            double v = s2[c] / M - d * d;
+            v = v < 0.0 ? 0.0 : v;  /* rounding only; keeps NaN */
+            mean[c] = centre[c] + d;
+            var[c] = v;
+            /* inv_std = 1 / sqrt(var + eps),  alpha = gamma * inv_std */
+            double is = 1.0 / sqrt(v + eps);
+            inv_std[c] = is;
+            alpha[c] = gamma[c] * is;
+        }
+    }
+
+    static void tb_finish_backward(Py_ssize_t n, double M,
+            const double *restrict s1, const double *restrict s2,
+            const double *restrict gamma, const double *restrict inv_std,
+            double *restrict alpha, double *restrict beta, double *restrict delta) {
+        for (Py_ssize_t c = 0; c < n; c++) {
+            /* s1 = sum(grad_y) = grad_beta,  s2 = sum(grad_y * (x - mean)) = grad_gamma / inv_std
+               grad_x = alpha * grad_y + (x - mean) * beta + delta with
+               alpha = gamma * inv_std,  beta = -alpha * inv_std^2 * s2 / M,  delta = -alpha * s1 / M */
+            double a = gamma[c] * inv_std[c];
+            alpha[c] = a;
+            beta[c] = -a * inv_std[c] * inv_std[c] * s2[c] / M;
+            delta[c] = -a * s1[c] / M;
+        }
+    }
+
+    /* eval: alpha = gamma / sqrt(running_var + eps), running_var given in alpha */
+    static void tb_eval_alpha(Py_ssize_t n, double eps, const double *restrict gamma,
+                              double *restrict alpha) {
+        for (Py_ssize_t c = 0; c < n; c++)
+            alpha[c] = gamma[c] / sqrt(alpha[c] + eps);
+    }
     """
     double tb_fma(double a, double b, double c) noexcept nogil
     void tb_unit_sums_f32(const float* x, const float* g, idx_t n, idx_t stride, double c,
                           double* out, idx_t ostride, int R) noexcept nogil
     void tb_unit_sums_f64(const double* x, const double* g, idx_t n, idx_t stride, double c,
                           double* out, idx_t ostride, int R) noexcept nogil
+    void tb_finish_forward(idx_t n, double M, double eps, const double* s1, const double* s2,
+                           const double* centre, const double* gamma, double* mean, double* var,
+                           double* inv_std, double* alpha) noexcept nogil
+    void tb_finish_backward(idx_t n, double M, const double* s1, const double* s2,
+                            const double* gamma, const double* inv_std, double* alpha,
+                            double* beta, double* delta) noexcept nogil
+    void tb_eval_alpha(idx_t n, double eps, const double* gamma, double* alpha) noexcept nogil
 
 # Plane-path schedule override for tests and benchmarks: 0 chooses from the channel and
 # thread counts, 1 forces memory order, 2 forces whole channels per thread.
@@ -215,7 +268,8 @@ cdef inline idx_t _work_doubles(Plan* p) noexcept nogil:
     """float64 scratch a call needs beyond its per-channel vectors."""
     if p.planes:
         return 2 * p.U
-    return 2 * p.nb * p.ncols + 4 * p.ncols
+    # per-column copies of the per-channel vectors only where a channel has L > 1 columns
+    return 2 * p.nb * p.ncols + (4 * p.ncols if p.L > 1 else 0)
 
 
 cdef inline int _threads(int num_threads, idx_t tasks) noexcept nogil:
@@ -266,28 +320,15 @@ cdef struct Chan:
     bint backward
 
 
-cdef inline void _finish_channel(Chan* ch, idx_t c) noexcept nogil:
-    """Statistics and output-map coefficients of channel c from its two sums."""
-    cdef double d, v, M = ch.M
+cdef inline void _finish_channels(Chan* ch, idx_t c0, idx_t c1) noexcept nogil:
+    """Statistics and output-map coefficients of channels [c0, c1) from their two sums
+    (the formulas are in tb_finish_forward / tb_finish_backward above)."""
     if not ch.backward:
-        # mean = K + sum(x - K) / M,  var = sum((x - K)^2) / M - (mean - K)^2
-        d = ch.s1[c] / M
-        v = ch.s2[c] / M - d * d
-        if v < 0.0:  # rounding only; keeps NaN
-            v = 0.0
-        ch.mean[c] = ch.centre[c] + d
-        ch.var[c] = v
-        # inv_std = 1 / sqrt(var + eps),  alpha = gamma * inv_std
-        ch.inv_std[c] = 1.0 / sqrt(v + ch.eps)
-        ch.alpha[c] = ch.gamma[c] * ch.inv_std[c]
+        tb_finish_forward(c1 - c0, ch.M, ch.eps, ch.s1 + c0, ch.s2 + c0, ch.centre + c0,
+                          ch.gamma + c0, ch.mean + c0, ch.var + c0, ch.inv_std + c0, ch.alpha + c0)
     else:
-        # s1 = sum(grad_y) = grad_beta,  s2 = sum(grad_y * (x - mean)) = grad_gamma / inv_std
-        # grad_x = gamma * inv_std * (grad_y - (grad_beta + x_hat * grad_gamma) / M)
-        #        = alpha * grad_y + (x - mean) * beta + delta  with
-        # alpha = gamma * inv_std,  beta = -alpha * inv_std^2 * s2 / M,  delta = -alpha * s1 / M
-        ch.alpha[c] = ch.gamma[c] * ch.inv_std[c]
-        ch.beta[c] = -ch.alpha[c] * ch.inv_std[c] * ch.inv_std[c] * ch.s2[c] / M
-        ch.delta[c] = -ch.alpha[c] * ch.s1[c] / M
+        tb_finish_backward(c1 - c0, ch.M, ch.s1 + c0, ch.s2 + c0, ch.gamma + c0, ch.inv_std + c0,
+                           ch.alpha + c0, ch.beta + c0, ch.delta + c0)
 
 
 # --------------------------------------------------------------------------- plane path
@@ -385,7 +426,7 @@ cdef void _planes_run(const real* x, const real* grad_y, real* out, Plan* p, Cha
                             _unit_sums(x, grad_y, p, ((N - 1) * C + c) * nch + k, ch.centre[c],
                                        part, 1)
                     _channel_total(p, part, c, ch)
-                    _finish_channel(ch, c)
+                    _finish_channels(ch, c, c + 1)
                 for n in range(N - 1, -1, -1):
                     for k in range(nch - 1, -1, -1):
                         _unit_out(x, grad_y, out, p, (n * C + c) * nch + k, ch)
@@ -399,7 +440,7 @@ cdef void _planes_run(const real* x, const real* grad_y, real* out, Plan* p, Cha
                 _unit_sums(x, grad_y, p, u, ch.centre[(u // nch) % C], part, 1)
         for c in range(C):
             _channel_total(p, part, c, ch)
-            _finish_channel(ch, c)
+        _finish_channels(ch, 0, C)
     for t in prange(nt, nogil=True, num_threads=nt, schedule='static'):
         lo = U * t // nt
         hi = U * (t + 1) // nt
@@ -499,15 +540,21 @@ cdef void _columns_total(Plan* p, double* part1, double* part2, Chan* ch) noexce
         for j in range(ncols):
             part1[j] += part1[b * ncols + j]
             part2[j] += part2[b * ncols + j]
-    for c in range(p.C):
-        a = 0.0
-        bb = 0.0
-        for l in range(L):
-            a += part1[c * L + l]
-            bb += part2[c * L + l]
-        ch.s1[c] = a
-        ch.s2[c] = bb
-        _finish_channel(ch, c)
+    if L == 1:
+        # the loop below for L = 1, in a form that vectorises (0.0 + a is not a: -0.0)
+        for c in range(p.C):
+            ch.s1[c] = 0.0 + part1[c]
+            ch.s2[c] = 0.0 + part2[c]
+    else:
+        for c in range(p.C):
+            a = 0.0
+            bb = 0.0
+            for l in range(L):
+                a += part1[c * L + l]
+                bb += part2[c * L + l]
+            ch.s1[c] = a
+            ch.s2[c] = bb
+    _finish_channels(ch, 0, p.C)
 
 
 cdef inline void _row_affine(const real* x, const real* grad_y, real* out, idx_t n,
@@ -527,39 +574,54 @@ cdef inline void _row_affine(const real* x, const real* grad_y, real* out, idx_t
                                   tb_fma(<double>x[j] - mean[j], beta[j], delta[j]))
 
 
+cdef struct ColMap:
+    # per-column coefficients of the output map (see Chan), ncols each; delta NULL
+    # outside the backward
+    const double* mean
+    const double* alpha
+    const double* beta
+    const double* delta
+
+
 cdef inline void _rows_out(const real* x, const real* grad_y, real* out, Plan* p,
-                           idx_t r0, idx_t r1, idx_t j0, idx_t j1, const double* col) noexcept nogil:
+                           idx_t r0, idx_t r1, idx_t j0, idx_t j1, ColMap* cm) noexcept nogil:
     """Rows [r0, r1) (in order) of columns [j0, j1) of the output map, COL_CHUNK
-    columns at a time; col holds per-column mean, alpha, beta, delta (ncols each)."""
+    columns at a time."""
     cdef idx_t r, off, j = j0, n, ncols = p.ncols
     cdef const real* g = NULL
+    cdef const double* d = NULL
     while j < j1:
         n = min(<idx_t>COL_CHUNK, j1 - j)
+        if grad_y != NULL:
+            d = cm.delta + j
         for r in range(r0, r1):
             off = r * ncols + j
             if grad_y != NULL:
                 g = grad_y + off
-            _row_affine(x + off, g, out + off, n, col + j, col + ncols + j,
-                        col + 2 * ncols + j, col + 3 * ncols + j)
+            _row_affine(x + off, g, out + off, n, cm.mean + j, cm.alpha + j, cm.beta + j, d)
         j = j + COL_CHUNK
 
 
-cdef inline void _spread(Plan* p, const double* per_channel, double* per_column,
-                         idx_t c0, idx_t c1) noexcept nogil:
-    """per_column[c*L + l] = per_channel[c] for channels [c0, c1)."""
+cdef inline const double* _spread(Plan* p, const double* per_channel,
+                                  double* per_column) noexcept nogil:
+    """Per-column values of a per-channel vector: per_column[c*L + l] = per_channel[c]
+    (written to per_column), or per_channel itself when L = 1 (columns are channels)."""
     cdef idx_t c, l
-    for c in range(c0, c1):
+    if p.L == 1:
+        return per_channel
+    for c in range(p.C):
         for l in range(p.L):
             per_column[c * p.L + l] = per_channel[c]
+    return per_column
 
 
-cdef inline void _spread_map(Plan* p, Chan* ch, double* col, idx_t c0, idx_t c1) noexcept nogil:
-    """Per-column copies of the output map's per-channel coefficients (see Chan)."""
-    _spread(p, ch.mean, col, c0, c1)
-    _spread(p, ch.alpha, col + p.ncols, c0, c1)
-    _spread(p, ch.beta, col + 2 * p.ncols, c0, c1)
-    if ch.backward:
-        _spread(p, ch.delta, col + 3 * p.ncols, c0, c1)
+cdef inline void _spread_map(Plan* p, Chan* ch, double* col, ColMap* cm) noexcept nogil:
+    """cm = the output map's per-channel coefficients per column, in col's four
+    ncols-long slots where they need copying (see _spread)."""
+    cm.mean = _spread(p, ch.mean, col)
+    cm.alpha = _spread(p, ch.alpha, col + p.ncols)
+    cm.beta = _spread(p, ch.beta, col + 2 * p.ncols)
+    cm.delta = _spread(p, ch.delta, col + 3 * p.ncols) if ch.backward else NULL
 
 
 cdef void _columns_run(const real* x, const real* grad_y, real* out, Plan* p, Chan* ch,
@@ -579,10 +641,12 @@ cdef void _columns_run(const real* x, const real* grad_y, real* out, Plan* p, Ch
     cdef double* part1 = work
     cdef double* part2 = work + nbc
     cdef double* col = work + 2 * nbc   # per column: centre, then mean; alpha; beta; delta
+    cdef const double* centre
+    cdef ColMap cm
     cdef idx_t b, j0, lo, hi, task
     cdef int t, nt
     if stats:
-        _spread(p, ch.centre, col, 0, C)
+        centre = _spread(p, ch.centre, col)
         nt = _threads(num_threads, T)
         for t in prange(nt, nogil=True, num_threads=nt, schedule='static'):
             lo = T * t // nt
@@ -590,16 +654,16 @@ cdef void _columns_run(const real* x, const real* grad_y, real* out, Plan* p, Ch
             for task in range(lo, hi):
                 b = task // p.ncc
                 j0 = (task - b * p.ncc) * p.cw
-                _block_sums(x, grad_y, p, col, part1, part2, b, j0, min(j0 + p.cw, ncols))
+                _block_sums(x, grad_y, p, centre, part1, part2, b, j0, min(j0 + p.cw, ncols))
         _columns_total(p, part1, part2, ch)
-    _spread_map(p, ch, col, 0, C)
+    _spread_map(p, ch, col, &cm)
     nt = _threads(num_threads, NB)
     for t in prange(nt, nogil=True, num_threads=nt, schedule='static'):
         lo = NB * t // nt
         hi = NB * (t + 1) // nt
         for b in range(lo, hi):
             _rows_out(x, grad_y, out, p, b * OUT_ROWS, min(b * OUT_ROWS + OUT_ROWS, N), 0, ncols,
-                      col)
+                      &cm)
 
 
 # --------------------------------------------------------------------------- drivers
@@ -650,18 +714,21 @@ cdef void _forward_train(const real* x, real* y, const real* weight, const real*
 cdef void _forward_eval(const real* x, real* y, const real* weight, const real* bias,
                         const real* running_mean, const real* running_var, double eps,
                         Plan* p, double* chan, double* work, int num_threads) noexcept nogil:
-    """chan: 3*C scratch doubles."""
+    """chan: 4*C scratch doubles."""
     cdef idx_t c, C = p.C
     cdef Chan ch
+    cdef double* gamma = chan + 3 * C
     ch.mean = chan
     ch.alpha = chan + C
     ch.beta = chan + 2 * C
     ch.backward = False
     for c in range(C):
-        # y = (x - running_mean) * alpha + beta,  alpha = gamma / sqrt(running_var + eps)
         ch.mean[c] = <double>running_mean[c]
-        ch.alpha[c] = (<double>weight[c] if weight != NULL else 1.0) / sqrt(<double>running_var[c] + eps)
+        ch.alpha[c] = <double>running_var[c]
+        gamma[c] = <double>weight[c] if weight != NULL else 1.0
         ch.beta[c] = <double>bias[c] if bias != NULL else 0.0
+    # y = (x - running_mean) * alpha + beta,  alpha = gamma / sqrt(running_var + eps)
+    tb_eval_alpha(C, eps, gamma, ch.alpha)
     _run(x, NULL, y, p, &ch, work, False, num_threads)
 
 
@@ -904,9 +971,9 @@ def forward_eval(x, weight, bias, running_mean, running_var, eps, num_threads):
     cdef Plan p
     _make_plan(&p, N, C, L)
     cdef cnp.ndarray y = _empty_like(xa)
-    cdef cnp.ndarray work = _empty(3 * C + _work_doubles(&p), cnp.NPY_DOUBLE)
+    cdef cnp.ndarray work = _empty(4 * C + _work_doubles(&p), cnp.NPY_DOUBLE)
     cdef double* cp = <double*>cnp.PyArray_DATA(work)
-    cdef double* wk = cp + 3 * C
+    cdef double* wk = cp + 4 * C
     cdef void* wp = _ptr(w)
     cdef void* bp = _ptr(b)
     cdef void* rmp = _ptr(rm)
