@@ -22,7 +22,7 @@ from libc.math cimport INFINITY, exp, fabs, fabsf, log, logf, pow, powf, sqrt, s
 
 import numpy as np
 
-from fastmath cimport tb_expf_shifted, tb_sigmoidf_array, tb_tanhf
+from fastmath cimport tb_expf_shifted, tb_sigmoidf_array, tb_tanhf_array
 from tb_types cimport idx_t, real
 from floatcheck cimport check_float_array
 from threadcheck cimport check_threads
@@ -533,7 +533,7 @@ cdef void _unary_range(int op, const real* a, const real* g, real* o, idx_t star
                 o[i] = (1.0 if x >= 0 else e) / (1.0 + e)
     elif op == TANH:
         if real is float:
-            for i in range(start, stop): o[i] = tb_tanhf(a[i])
+            tb_tanhf_array(a + start, o + start, stop - start)
         else:
             for i in range(start, stop): o[i] = tanh(a[i])
     elif op == ABS:

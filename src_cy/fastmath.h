@@ -113,7 +113,7 @@ static inline float tb_sigmoidf(float x)
 }
 
 /* ------------------------------------------------------------------ arrays
- * o[i] = exp(x[i] - shift) and o[i] = sigmoid(x[i]) for i < n (o may be x).
+ * o[i] = exp(x[i] - shift), sigmoid(x[i]) and tanh(x[i]) for i < n (o may be x).
  * Where AVX-512 is available they run 16 lanes at a time with the same reduction
  * and polynomial, but two steps cheaper than what gcc makes of the scalar code
  * (about 17 instructions per 16 values instead of 30; 1.4x faster in cache, and
@@ -124,7 +124,7 @@ static inline float tb_sigmoidf(float x)
  *     exp(89) overflows to +inf and exp(-104) rounds to 0, like every x beyond.
  *     min/max return their second operand when one is NaN, and x is the second,
  *     so NaN still propagates.
- * The results are bit-identical to tb_expf / tb_sigmoidf (tests compare them over
+ * The results are bit-identical to tb_expf / tb_sigmoidf / tb_tanhf (tests compare them over
  * every float class and a dense sweep of [-110, 110]); elsewhere the scalar loop runs.
  */
 #if defined(__AVX512F__)
@@ -155,6 +155,34 @@ static inline __m512 tb_sigmoidf16(__m512 x)
     __mmask16 nonneg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
     __m512 num = _mm512_mask_blend_ps(nonneg, e, _mm512_set1_ps(1.0f));
     return _mm512_div_ps(num, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+/* tanh as tb_tanhf: |x| capped at 9.1 (min keeps a NaN |x|: its second operand),
+ * m = expm1(-2|x|) = 2^n (1 + u) - 1, tanh(|x|) = ((1 - 2^n) - 2^n u) / ((1 + 2^n) + 2^n u),
+ * sign from x. 2^n (n in [-27, 0]) is exact from vscalefps. */
+static inline __m512 tb_tanhf16(__m512 x)
+{
+    __m512 ax = _mm512_min_ps(_mm512_set1_ps(9.1f), _mm512_abs_ps(x));
+    __m512 t = _mm512_mul_ps(_mm512_set1_ps(-2.0f), ax);
+    const __m512 shifter = _mm512_set1_ps(TB_EXP_SHIFTER);
+    __m512 nf = _mm512_sub_ps(_mm512_fmadd_ps(t, _mm512_set1_ps(TB_EXP_LOG2E), shifter), shifter);
+    __m512 r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(TB_EXP_C1), t);
+    r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(TB_EXP_C2), r);
+    __m512 p = _mm512_set1_ps(TB_EXP_P5);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(TB_EXP_P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(TB_EXP_P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(TB_EXP_P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(TB_EXP_P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(TB_EXP_P0));
+    __m512 u = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 s = _mm512_scalef_ps(one, nf);
+    __m512 num = _mm512_fnmadd_ps(s, u, _mm512_sub_ps(one, s));
+    __m512 den = _mm512_fmadd_ps(s, u, _mm512_add_ps(one, s));
+    __m512 q = _mm512_div_ps(num, den);
+    /* copysign(q, x): magnitude bits of q, sign bit of x */
+    return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(
+        _mm512_castps_si512(q), _mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff), 0xe4));
 }
 
 /* The loop shared by the array functions: F on 16 lanes, a masked last block. */
@@ -191,6 +219,17 @@ static inline void tb_sigmoidf_array(const float *x, float *o, ptrdiff_t n)
 #else
     for (ptrdiff_t i = 0; i < n; i++)
         o[i] = tb_sigmoidf(x[i]);
+#endif
+}
+
+/* o[i] = tanh(x[i]), i < n. */
+static inline void tb_tanhf_array(const float *x, float *o, ptrdiff_t n)
+{
+#if defined(__AVX512F__)
+    TB_MAP16(tb_tanhf16, x, o, n, 0.0f);
+#else
+    for (ptrdiff_t i = 0; i < n; i++)
+        o[i] = tb_tanhf(x[i]);
 #endif
 }
 

@@ -7,3 +7,4 @@ cdef extern from "fastmath.h" nogil:
     # whole arrays, 16 lanes at a time where AVX-512 is available (same bits)
     void tb_expf_shifted(const float* x, float shift, float* o, Py_ssize_t n)
     void tb_sigmoidf_array(const float* x, float* o, Py_ssize_t n)
+    void tb_tanhf_array(const float* x, float* o, Py_ssize_t n)

@@ -212,14 +212,14 @@ def test_float32_sigmoid_within_three_ulp_over_its_whole_range():
     assert_ulp_close(kernels.unary("sigmoid", x), _sigmoid64(x.astype(np.float64)), np.float32, ulps=3)
 
 
-@pytest.mark.parametrize("op", ["exp", "sigmoid"])
-def test_float32_exp_and_sigmoid_do_not_depend_on_the_position_in_the_array(op):
+@pytest.mark.parametrize("op", ["exp", "sigmoid", "tanh"])
+def test_float32_exp_sigmoid_tanh_do_not_depend_on_the_position_in_the_array(op):
     # The array loops take 16 values at a time and end with a masked block: a value's
     # result must be the same bits whether it lands in a full block, in the last
     # partial one, or in a 1-value array, and softmax's exp must agree with exp.
     rng = np.random.default_rng(5)
-    x = np.concatenate([rng.uniform(-110, 110, 61),
-                        [88.72283935546875, -103.97, -104.0, np.inf, -np.inf, np.nan, -0.0]]).astype(np.float32)
+    x = np.concatenate([rng.uniform(-110, 110, 61), rng.uniform(-1, 1, 20) ** 9,
+                        [88.72283935546875, -103.97, -104.0, 9.1, -9.2, np.inf, -np.inf, np.nan, -0.0]]).astype(np.float32)
     whole = kernels.unary(op, x).view(np.uint32)
     for k in range(1, 18):
         assert np.array_equal(kernels.unary(op, x[k:]).view(np.uint32), whole[k:]), k
