@@ -4,6 +4,7 @@ Arithmetic that IEEE rounds exactly (add sub mul div maximum minimum, comparison
 where, clip) must equal numpy bit for bit, NaN and inf included; transcendental
 functions are held to a few ulps of a float64 reference.
 """
+import os
 import re
 
 import numpy as np
@@ -202,6 +203,20 @@ def test_float32_exp_within_two_ulp_over_its_whole_range():
     with np.errstate(over="ignore"):
         want = np.exp(x.astype(np.float64))
     assert_ulp_close(kernels.unary("exp", x), want, np.float32, ulps=2)
+
+
+@pytest.mark.skipif(os.environ.get("TB_EXHAUSTIVE") != "1",
+                    reason="every float32 input, about 10 minutes per op here: set TB_EXHAUSTIVE=1")
+@pytest.mark.parametrize("op", ["exp", "sigmoid", "tanh"])
+def test_float32_exp_sigmoid_tanh_within_their_ulp_bound_for_every_float32(op):
+    # all 2^32 bit patterns (NaNs, infinities, subnormals included), 2^24 at a time
+    ref, ulps32, _ = UNARY[op]
+    chunk = 1 << 24
+    for start in range(0, 1 << 32, chunk):
+        x = np.arange(start, start + chunk, dtype=np.uint64).astype(np.uint32).view(np.float32)
+        with np.errstate(all="ignore"):
+            want = ref(x.astype(np.float64))
+        assert_ulp_close(kernels.unary(op, x), want, np.float32, ulps32)
 
 
 def test_float32_sigmoid_within_three_ulp_over_its_whole_range():
