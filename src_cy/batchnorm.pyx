@@ -138,12 +138,12 @@ cdef extern from *:
     TB_UNIT_SUMS(tb_unit_sums_f32, float, tb_load_f32)
     TB_UNIT_SUMS(tb_unit_sums_f64, double, tb_load_f64)
 
-    /* Channel statistics and output-map coefficients from the two sums of channels
-       [0, n) (see Chan in the .pyx). Plain loops over restrict
-       arrays, so the compiler runs the divisions and square roots of eight channels
-       at once: written per channel in Cython they were a latency-bound scalar chain
-       of about 12 ns per channel (12 us of a (4, 1024) call that streams 16 KB).
-       Vector division and square root round like the scalar ones: same bits. */
+    /* Channel statistics and output-map coefficients of channels [0, n) from their
+       two sums (see Chan below). Plain loops over restrict arrays, so the compiler
+       runs the divisions and square roots of eight channels at once: written per
+       channel in Cython they were a latency-bound scalar chain of about 12 ns per
+       channel (12 us of a (4, 1024) call that streams 16 KB). Vector division and
+       square root round like the scalar ones: same bits. */
     static void tb_finish_forward(Py_ssize_t n, double M, double eps,
             const double *restrict s1, const double *restrict s2,
             const double *restrict centre, const double *restrict gamma,

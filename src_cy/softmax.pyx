@@ -438,7 +438,7 @@ cdef double _row_log_sum(const real* x, idx_t n, double* m_out) noexcept nogil:
     cdef real buf[CE_CHUNK]
     cdef real m = _row_max(x, n, buf)
     cdef double s = 0
-    cdef idx_t j0, j, h
+    cdef idx_t j0, h
     j0 = 0
     while j0 < n:
         h = min(<idx_t>CE_CHUNK, n - j0)
