@@ -366,3 +366,27 @@ def test_gil_probe_detects_a_call_that_holds_the_gil():
     ints, ~50 ms) lets the counter thread make no progress at all."""
     data = np.random.default_rng(0).integers(0, 2**62, 400_000).tolist()
     assert _progress_during(lambda: sorted(data), attempts=3) == 0
+
+
+def test_reductions_use_threads_from_a_larger_size_than_elementwise_ops(restore_threads, monkeypatch):
+    # waking the sleeping team costs a reduction twice (partials, then their combine):
+    # below REDUCE_PARALLEL_MIN_ELEMENTS it runs on one thread, elementwise ops do not wait
+    from tinygrad_bn.threads import REDUCE_PARALLEL_MIN_ELEMENTS
+    assert REDUCE_PARALLEL_MIN_ELEMENTS > PARALLEL_MIN_ELEMENTS
+    tb.set_num_threads(2)
+    asked = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return lambda *args: asked.append((name, args[-1]))
+
+    monkeypatch.setattr(kernels, "_reduce", Spy())
+    monkeypatch.setattr(kernels, "_elementwise", Spy())
+    for size in (PARALLEL_MIN_ELEMENTS, REDUCE_PARALLEL_MIN_ELEMENTS):
+        a = np.zeros(size, np.float32)
+        kernels.sum(a, (0,), False)
+        kernels.max(a, (0,), False)
+        kernels.argmax(a, None)
+        kernels.unary("exp", a)
+    assert asked == [("sum_axes", 1), ("max_axes", 1), ("argmax_axis", 1), ("unary", 2),
+                     ("sum_axes", 2), ("max_axes", 2), ("argmax_axis", 2), ("unary", 2)]

@@ -12,7 +12,7 @@ from ._C import elementwise as _elementwise
 from ._C import index as _index
 from ._C import reduce as _reduce
 from ._C import softmax as _softmax
-from .threads import threads_for
+from .threads import REDUCE_PARALLEL_MIN_ELEMENTS, threads_for
 
 
 def broadcast_size(*shapes):
@@ -69,22 +69,22 @@ def where(cond, a, b):
 
 def sum(a, axes, keepdims):
     """Sum over `axes` (tuple of non-negative ints, sorted, non-empty), float64 accumulation."""
-    return _reduce.sum_axes(a, axes, keepdims, threads_for(a.size))
+    return _reduce.sum_axes(a, axes, keepdims, threads_for(a.size, REDUCE_PARALLEL_MIN_ELEMENTS))
 
 
 def max(a, axes, keepdims):
     """Maximum over `axes` (tuple of non-negative ints, sorted, non-empty); a.size > 0."""
-    return _reduce.max_axes(a, axes, keepdims, threads_for(a.size))
+    return _reduce.max_axes(a, axes, keepdims, threads_for(a.size, REDUCE_PARALLEL_MIN_ELEMENTS))
 
 
 def min(a, axes, keepdims):
     """Minimum over `axes` (tuple of non-negative ints, sorted, non-empty); a.size > 0."""
-    return _reduce.min_axes(a, axes, keepdims, threads_for(a.size))
+    return _reduce.min_axes(a, axes, keepdims, threads_for(a.size, REDUCE_PARALLEL_MIN_ELEMENTS))
 
 
 def argmax(a, axis):
     """int64 index of the first maximum along `axis` (None: of the flattened array)."""
-    return _reduce.argmax_axis(a, axis, threads_for(a.size))
+    return _reduce.argmax_axis(a, axis, threads_for(a.size, REDUCE_PARALLEL_MIN_ELEMENTS))
 
 
 def softmax(a, axis):

@@ -17,6 +17,12 @@ from ._C import parallel as _parallel
 # costs more than the work. Measured on 2 cores with sleeping workers (float32 add,
 # 1 vs 2 threads): 12.6 vs 21 us at 64k elements, 127 vs 45 us at 256k.
 PARALLEL_MIN_ELEMENTS = 131072
+# Reductions (sum, max, min, argmax) start later: they wake the team twice (block
+# partials, then their combine) and do less work per element. Measured the same way
+# (float32, 1 vs 2 threads): column sums of (128, 1024) 29 vs 69 us, (256, 1024) 60 vs
+# 94, (384, 1024) 93 vs 84, (512, 1024) 102 vs 89; row sums 15 vs 38, 39 vs 47, 49 vs
+# 48, 70 vs 62; column max 21 vs 49 ... 66 vs 71, 86 vs 78.
+REDUCE_PARALLEL_MIN_ELEMENTS = 393216
 MAX_THREADS = _parallel.MAX_THREADS  # the most any kernel accepts (src_cy/threadcheck.pxd)
 
 
@@ -87,6 +93,8 @@ def get_num_threads():
     return _num_threads
 
 
-def threads_for(n_elements):
-    """Thread count for a kernel touching `n_elements`: 1 below the parallel threshold."""
-    return 1 if n_elements < PARALLEL_MIN_ELEMENTS else _num_threads
+def threads_for(n_elements, min_elements=None):
+    """Thread count for a kernel touching `n_elements`: 1 below `min_elements`
+    (default PARALLEL_MIN_ELEMENTS), else get_num_threads()."""
+    limit = PARALLEL_MIN_ELEMENTS if min_elements is None else min_elements
+    return 1 if n_elements < limit else _num_threads
