@@ -67,24 +67,29 @@ def where(cond, a, b):
     return _elementwise.where(cond, a, b, threads_for(n))
 
 
+def _reduce_threads(a):
+    # reductions wake the team twice: they start using threads at a larger size
+    return threads_for(a.size, REDUCE_PARALLEL_MIN_ELEMENTS)
+
+
 def sum(a, axes, keepdims):
     """Sum over `axes` (tuple of non-negative ints, sorted, non-empty), float64 accumulation."""
-    return _reduce.sum_axes(a, axes, keepdims, threads_for(a.size, REDUCE_PARALLEL_MIN_ELEMENTS))
+    return _reduce.sum_axes(a, axes, keepdims, _reduce_threads(a))
 
 
 def max(a, axes, keepdims):
     """Maximum over `axes` (tuple of non-negative ints, sorted, non-empty); a.size > 0."""
-    return _reduce.max_axes(a, axes, keepdims, threads_for(a.size, REDUCE_PARALLEL_MIN_ELEMENTS))
+    return _reduce.max_axes(a, axes, keepdims, _reduce_threads(a))
 
 
 def min(a, axes, keepdims):
     """Minimum over `axes` (tuple of non-negative ints, sorted, non-empty); a.size > 0."""
-    return _reduce.min_axes(a, axes, keepdims, threads_for(a.size, REDUCE_PARALLEL_MIN_ELEMENTS))
+    return _reduce.min_axes(a, axes, keepdims, _reduce_threads(a))
 
 
 def argmax(a, axis):
     """int64 index of the first maximum along `axis` (None: of the flattened array)."""
-    return _reduce.argmax_axis(a, axis, threads_for(a.size, REDUCE_PARALLEL_MIN_ELEMENTS))
+    return _reduce.argmax_axis(a, axis, _reduce_threads(a))
 
 
 def softmax(a, axis):
