@@ -72,53 +72,93 @@ cdef struct Cursor:
     idx_t off[MAXOPS]
 
 
-MAX_BYTES = int(np.iinfo(np.intp).max)
+# the most elements an output may have: its bytes (8 per element at most) must fit in intp
+cdef idx_t MAX_ELEMENTS = <idx_t>(np.iinfo(np.intp).max // 8)
 
 
-cdef int _plan(Plan* p, tuple shapes, cnp.npy_intp* dims) except -1:
-    """Broadcast `shapes` by numpy's rules into `p`; write the output shape to dims
-    and return its rank. ValueError when the shapes do not broadcast."""
-    cdef int nops = len(shapes), nd = 0, k, d, m = 0, off
-    cdef idx_t sz, acc
-    cdef bint contiguous
+cdef struct Shapes:
+    # The operands' shapes as C arrays: an ndarray's own dims (no tuple of Python ints is
+    # built: that cost a fifth of a tiny op's time), or a tuple's ints copied to buf.
+    int nops
+    int nd[MAXOPS]
+    const cnp.npy_intp* dims[MAXOPS]
+    cnp.npy_intp buf[MAXOPS][MAXDIMS]
+
+
+cdef inline void _add_array_shape(Shapes* s, cnp.ndarray a) noexcept:
+    s.nd[s.nops] = cnp.PyArray_NDIM(a)
+    s.dims[s.nops] = cnp.PyArray_DIMS(a)
+    s.nops += 1
+
+
+cdef int _add_tuple_shape(Shapes* s, tuple shape) except -1:
+    """Append a shape given as a tuple of ints. ValueError when it has more than
+    MAXDIMS entries or a negative one."""
+    cdef int k = s.nops, d, n = len(shape)
+    if n > MAXDIMS:
+        raise ValueError(f"expected at most {MAXDIMS} dimensions, got {n}")
+    for d in range(n):
+        s.buf[k][d] = shape[d]
+        if s.buf[k][d] < 0:
+            raise ValueError(f"expected non-negative dimensions, got shape {shape}")
+    s.nd[k] = n
+    s.dims[k] = s.buf[k]
+    s.nops += 1
+    return 0
+
+
+cdef str _shapes_text(const Shapes* s):
+    return " ".join([str(tuple([s.dims[k][d] for d in range(s.nd[k])])) for k in range(s.nops)])
+
+
+cdef extern from *:
+    """
+    /* r = a * b; nonzero when that overflows (then r is meaningless). */
+    static inline int tb_mul_overflows(Py_ssize_t a, Py_ssize_t b, Py_ssize_t *r) {
+        return __builtin_mul_overflow(a, b, r);
+    }
+    """
+    bint tb_mul_overflows(idx_t a, idx_t b, idx_t* r) noexcept nogil
+
+
+cdef int _plan(Plan* p, const Shapes* shapes, cnp.npy_intp* dims) except -1:
+    """Broadcast the operand shapes by numpy's rules into `p`; write the output shape
+    to dims and return its rank. ValueError when the shapes do not broadcast."""
+    cdef int nops = shapes.nops, nd = 0, k, d, m = 0, off
+    cdef idx_t sz, acc, total = 1
+    cdef bint contiguous, too_big = False
     cdef idx_t full_stride[MAXOPS][MAXDIMS]
-    for s in shapes:
-        nd = max(nd, len(s))
-    if nd > MAXDIMS:
-        raise ValueError(f"expected at most {MAXDIMS} dimensions, got {nd}")
+    for k in range(nops):
+        nd = max(nd, shapes.nd[k])
     for d in range(nd):
         dims[d] = 1
     # element strides of each contiguous operand, right-aligned, 0 where it broadcasts
     for k in range(nops):
-        s = shapes[k]
-        off = nd - len(s)
+        off = nd - shapes.nd[k]
         acc = 1
         for d in range(nd - 1, -1, -1):
             full_stride[k][d] = 0
             if d < off:
                 continue
-            sz = s[d - off]
-            if sz < 0:
-                raise ValueError(f"expected non-negative dimensions, got shape {tuple(s)}")
+            sz = shapes.dims[k][d - off]
             if sz != 1:
                 full_stride[k][d] = acc
                 if dims[d] == 1:
                     dims[d] = sz
                 elif dims[d] != sz:
                     raise ValueError("operands could not be broadcast together with shapes "
-                                     + " ".join(str(tuple(t)) for t in shapes))
+                                     + _shapes_text(shapes))
             acc *= sz
     # The output must be indexable: like numpy, the product of the non-zero sizes times
-    # the item size (at most 8 bytes here) must fit in intp. Checked in Python integers
-    # so the product itself cannot overflow (idx_t arithmetic below would, silently).
-    total = 1
+    # the item size (at most 8 bytes here) must fit in intp. The product is checked for
+    # overflow as it grows (idx_t arithmetic below would wrap silently).
     for d in range(nd):
         if dims[d] != 0:
-            total *= dims[d]
-    if total * 8 > MAX_BYTES:
-        raise ValueError("operands with shapes " + " ".join(str(tuple(t)) for t in shapes)
-                         + f" broadcast to shape {tuple([dims[d] for d in range(nd)])} with {total} "
-                         f"elements, expected at most {MAX_BYTES // 8}")
+            too_big = too_big or tb_mul_overflows(total, dims[d], &total)
+    if too_big or total > MAX_ELEMENTS:
+        raise ValueError("operands with shapes " + _shapes_text(shapes)
+                         + f" broadcast to shape {tuple([dims[d] for d in range(nd)])}, "
+                         f"expected at most {MAX_ELEMENTS} elements")
     # drop size-1 dims, merge neighbours that are contiguous for every operand
     p.nops = nops
     p.size = 1
@@ -631,10 +671,14 @@ def broadcast_size(*shapes):
     Raises ValueError when the shapes do not broadcast by numpy's rules.
     """
     cdef Plan p
+    cdef Shapes sh
     cdef cnp.npy_intp dims[MAXDIMS]
     if not 1 <= len(shapes) <= MAXOPS:
         raise ValueError(f"expected 1 to {MAXOPS} shapes, got {len(shapes)}")
-    _plan(&p, shapes, dims)
+    sh.nops = 0
+    for s in shapes:
+        _add_tuple_shape(&sh, tuple(s))
+    _plan(&p, &sh, dims)
     return p.size
 
 
@@ -659,8 +703,12 @@ def binary(str op, a, b, int nthreads=1):
     cdef int typenum = _check_pair(a, b)
     check_threads(nthreads, "nthreads")
     cdef Plan p
+    cdef Shapes sh
     cdef cnp.npy_intp dims[MAXDIMS]
-    cdef int nd = _plan(&p, (a.shape, b.shape), dims)
+    sh.nops = 0
+    _add_array_shape(&sh, a)
+    _add_array_shape(&sh, b)
+    cdef int nd = _plan(&p, &sh, dims)
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     cdef void* pa = cnp.PyArray_DATA(<cnp.ndarray>a)
     cdef void* pb = cnp.PyArray_DATA(<cnp.ndarray>b)
@@ -689,9 +737,16 @@ def expand(a, tuple shape, int nthreads=1):
     cdef int typenum = check_float_array(a, "a")
     check_threads(nthreads, "nthreads")
     cdef Plan p
+    cdef Shapes sh
     cdef cnp.npy_intp dims[MAXDIMS]
-    cdef int nd = _plan(&p, (a.shape, shape), dims)
-    if nd != len(shape) or tuple([dims[d] for d in range(nd)]) != tuple(shape):
+    sh.nops = 0
+    _add_array_shape(&sh, a)
+    _add_tuple_shape(&sh, shape)
+    cdef int nd = _plan(&p, &sh, dims), d
+    cdef bint same = nd == sh.nd[1]
+    for d in range(nd if same else 0):
+        same = same and dims[d] == sh.buf[1][d]
+    if not same:
         raise ValueError(f"expand: expected a shape that {a.shape} broadcasts to, got {shape}")
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     cdef void* pa = cnp.PyArray_DATA(<cnp.ndarray>a)
@@ -726,8 +781,12 @@ def compare(str op, a, b, int nthreads=1):
     cdef int typenum = _check_pair(a, b)
     check_threads(nthreads, "nthreads")
     cdef Plan p
+    cdef Shapes sh
     cdef cnp.npy_intp dims[MAXDIMS]
-    cdef int nd = _plan(&p, (a.shape, b.shape), dims)
+    sh.nops = 0
+    _add_array_shape(&sh, a)
+    _add_array_shape(&sh, b)
+    cdef int nd = _plan(&p, &sh, dims)
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_BOOL, 0)
     cdef void* pa = cnp.PyArray_DATA(<cnp.ndarray>a)
     cdef void* pb = cnp.PyArray_DATA(<cnp.ndarray>b)
@@ -767,8 +826,13 @@ def where(cond, a, b, int nthreads=1):
     cdef int typenum = _check_pair(a, b)
     check_threads(nthreads, "nthreads")
     cdef Plan p
+    cdef Shapes sh
     cdef cnp.npy_intp dims[MAXDIMS]
-    cdef int nd = _plan(&p, (cond.shape, a.shape, b.shape), dims)
+    sh.nops = 0
+    _add_array_shape(&sh, cond)
+    _add_array_shape(&sh, a)
+    _add_array_shape(&sh, b)
+    cdef int nd = _plan(&p, &sh, dims)
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     cdef const npy_bool_t* pc = <const npy_bool_t*>cnp.PyArray_DATA(<cnp.ndarray>cond)
     cdef void* pa = cnp.PyArray_DATA(<cnp.ndarray>a)

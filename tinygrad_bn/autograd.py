@@ -4,7 +4,6 @@ order. Used by Tensor.backward (accumulates into leaves' .grad) and by grad()
 import numpy as np
 
 from . import kernels
-from .grad_mode import set_grad_enabled
 from .grad_mode import state as _grad
 from .tensor import Tensor
 
@@ -137,7 +136,11 @@ def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None)
             key = id(fn)
             pending[key] = g if key not in pending else pending[key] + g
 
-    prev = set_grad_enabled(create_graph)
+    # NOTE: the loop below runs once per node of every backward pass; it is written for
+    # the common case (a leaf's .grad, a gradient of the input's own shape and dtype)
+    # with the general paths (deliver, _reduce_to) behind one test each.
+    prev = _grad.enabled
+    _grad.enabled = bool(create_graph)
     try:
         for fn in reversed(order):
             g = pending.pop(id(fn), None)
@@ -155,10 +158,15 @@ def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None)
             for p, pg, need in zip(fn.inputs, grads, fn.needs_input_grad):
                 if not need or pg is None:
                     continue
-                pg = _reduce_to(pg, p)
+                data = p.data
+                if pg.data.shape != data.shape or pg.data.dtype is not data.dtype:
+                    pg = _reduce_to(pg, p)
                 ctx = p._ctx
                 if ctx is None:
-                    deliver(p, pg)
+                    if wanted is None and p.grad is None:
+                        p.grad = pg
+                    else:
+                        deliver(p, pg)
                 else:
                     key = id(ctx)
                     pending[key] = pg if key not in pending else _add(pending[key], pg)
@@ -167,7 +175,7 @@ def run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs=None)
                 fn.__dict__.clear()
                 fn.inputs = None
     finally:
-        set_grad_enabled(prev)
+        _grad.enabled = prev
     return found
 
 

@@ -39,20 +39,24 @@ class Function:
         if n == 2:
             x, y = inputs
             out = fn.forward(x.data, y.data)
+            if not (_grad.enabled and (x.requires_grad or y.requires_grad)):
+                return _make(out, None, False)  # nothing to record (the backward pass's own ops)
             needs = (x.requires_grad, y.requires_grad)
         elif n == 1:
             x = inputs[0]
             out = fn.forward(x.data)
-            needs = (x.requires_grad,)
+            if not (_grad.enabled and x.requires_grad):
+                return _make(out, None, False)
+            needs = (True,)
         else:
             out = fn.forward(*[t.data for t in inputs])
             needs = tuple([t.requires_grad for t in inputs])
-        if _grad.enabled and True in needs:
-            fn.inputs = inputs
-            fn.needs_input_grad = needs
-            fn.out_data = out
-            return _make(out, fn, True)
-        return _make(out, None, False)
+            if not (_grad.enabled and True in needs):
+                return _make(out, None, False)
+        fn.inputs = inputs
+        fn.needs_input_grad = needs
+        fn.out_data = out
+        return _make(out, fn, True)
 
     def output(self):
         """The forward result as a Tensor. Differentiable (it is this node's output)
