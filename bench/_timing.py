@@ -21,7 +21,7 @@ def best_time(fn, min_time=0.2, repeats=5):
     return samples[len(samples) // 2]
 
 
-def interleaved_times(fns, min_time=0.3, rounds=7):
+def interleaved_times(fns, min_time=0.3, rounds=7, before=None):
     """{name: seconds per call} for a dict of callables timed round-robin.
 
     This machine's speed drifts by 20-50 % over seconds (a shared host's memory
@@ -29,9 +29,14 @@ def interleaved_times(fns, min_time=0.3, rounds=7):
     ratio. Here every round times each candidate for about min_time / rounds, in
     turn, and each candidate keeps its fastest round: the candidates see the same
     conditions, and the minimum is the least disturbed estimate of each.
+    before: optional {name: callable} run, untimed, before each of that candidate's
+    batches (e.g. setting the thread count it is measured at).
     """
+    before = before or {}
+    noop = lambda: None  # noqa: E731
     loops = {}
     for name, fn in fns.items():
+        before.get(name, noop)()
         fn()  # warm-up: allocations, caches, lazy imports
         t0 = time.perf_counter()
         fn()
@@ -40,6 +45,7 @@ def interleaved_times(fns, min_time=0.3, rounds=7):
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
         for name, fn in fns.items():
+            before.get(name, noop)()
             n = loops[name]
             t0 = time.perf_counter()
             for _ in range(n):

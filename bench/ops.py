@@ -5,7 +5,8 @@
     python bench/ops.py --runs 3 --pause 20   # each cell the best of 3 spaced runs
 
 Prints one table per thread count; ratio columns are ours/torch and ours/numpy
-(below 1 means we are faster). numpy has no backward, so its fwd+bwd column is empty.
+(below 1 means we are faster). Each case is timed at every thread count in one
+round-robin, so the tables and the closing scaling ratios share the same conditions. numpy has no backward, so its fwd+bwd column is empty.
 This machine's speed can move by 2-4x over minutes: with --runs K every table is
 measured K times, --pause seconds apart, and each cell keeps its fastest time.
 """
@@ -17,7 +18,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import blas_threads, fmt, interleaved_times, ratio, try_import_torch  # noqa: E402
+from _timing import fmt, interleaved_times, ratio, try_import_torch  # noqa: E402
 
 import tinygrad_bn as tb  # noqa: E402
 
@@ -47,43 +48,82 @@ def cases(rng):
     ]
 
 
-def run(threads, min_time, torch):
-    tb.set_num_threads(threads)
-    if torch is not None:
-        torch.set_num_threads(threads)
+def _blas_setter():
+    """A function setting numpy's BLAS thread count (threadpoolctl, the bench extra), or
+    one that does nothing when threadpoolctl is missing."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return lambda n: None
+    controller = ThreadpoolController()
+    return lambda n: controller.limit(limits=n, user_api="blas")
+
+
+def run(thread_counts, min_time, torch):
+    """{threads: rows}: every candidate of a case at every thread count timed in one
+    round-robin, so the 1-thread and 2-thread times (and the scaling between them) are
+    measured under the same conditions."""
     rng = np.random.default_rng(0)
-    rows = []
-    with blas_threads(threads):
-        for name, arrays, ours, npf, tf in cases(rng):
-            ts = [tb.Tensor(a) for a in arrays]
-            tsg = [tb.Tensor(a, requires_grad=True) for a in arrays]
-            # the upstream gradient is made once, outside the timed loop, for both libraries
-            ones = tb.ones(*ours(*tsg).shape)
+    set_blas = _blas_setter()
+    rows = {n: [] for n in thread_counts}
 
-            def ours_fb(ours=ours, tsg=tsg, ones=ones):
-                for t in tsg:
-                    t.grad = None
-                out = ours(*tsg)
-                out.backward(None if out.size == 1 else ones)
-            fns = {"ours": lambda ours=ours, ts=ts: ours(*ts), "numpy": lambda npf=npf: npf(*arrays),
-                   "ours_fb": ours_fb}
+    blas_now = [1]
+
+    def at(n, blas_n):
+        # untimed, before each batch of a candidate: its thread counts. Ours runs its
+        # GEMM slices on one BLAS thread each (as tinygrad_bn.blas sets it); numpy's
+        # matmul gets n BLAS threads.
+        def setup():
+            if blas_now[0] > 1:
+                # NOTE: OpenBLAS's workers spin for about 0.1 s after a threaded call; the
+                # next candidate would share the cores with them (ours' 2-thread matmul
+                # f+b measured 38 ms instead of 25 right after numpy's 2-thread matmul).
+                time.sleep(0.3)
+            tb.set_num_threads(n)
             if torch is not None:
-                tt = [torch.from_numpy(a) for a in arrays]
-                ttg = [torch.from_numpy(a.copy()).requires_grad_() for a in arrays]
-                tones = torch.ones_like(tf(*tt))
+                torch.set_num_threads(n)
+            set_blas(blas_n)
+            blas_now[0] = blas_n
+        return setup
 
-                def torch_fb(tf=tf, ttg=ttg, tones=tones):
-                    for t in ttg:
-                        t.grad = None
-                    out = tf(*ttg)
-                    out.backward(None if out.numel() == 1 else tones)
-                fns["torch"] = lambda tf=tf, tt=tt: tf(*tt)
-                fns["torch_fb"] = torch_fb
-            # all candidates of a case timed round-robin (see _timing.interleaved_times)
-            t = interleaved_times(fns, min_time)
-            t_ours, t_np, t_ours_fb = t["ours"], t["numpy"], t["ours_fb"]
-            t_t, t_t_fb = t.get("torch"), t.get("torch_fb")
-            rows.append((name, t_ours, t_np, t_t, t_ours_fb, t_t_fb))
+    for name, arrays, ours, npf, tf in cases(rng):
+        ts = [tb.Tensor(a) for a in arrays]
+        tsg = [tb.Tensor(a, requires_grad=True) for a in arrays]
+        # the upstream gradient is made once, outside the timed loop, for both libraries
+        ones = tb.ones(*ours(*tsg).shape)
+
+        def ours_fb(ours=ours, tsg=tsg, ones=ones):
+            for t in tsg:
+                t.grad = None
+            out = ours(*tsg)
+            out.backward(None if out.size == 1 else ones)
+        per_n = {"ours": lambda ours=ours, ts=ts: ours(*ts), "numpy": lambda npf=npf: npf(*arrays),
+                 "ours_fb": ours_fb}
+        if torch is not None:
+            tt = [torch.from_numpy(a) for a in arrays]
+            ttg = [torch.from_numpy(a.copy()).requires_grad_() for a in arrays]
+            tones = torch.ones_like(tf(*tt))
+
+            def torch_fb(tf=tf, ttg=ttg, tones=tones):
+                for t in ttg:
+                    t.grad = None
+                out = tf(*ttg)
+                out.backward(None if out.numel() == 1 else tones)
+            per_n["torch"] = lambda tf=tf, tt=tt: tf(*tt)
+            per_n["torch_fb"] = torch_fb
+        fns, before = {}, {}
+        for n in thread_counts:
+            for kind, fn in per_n.items():
+                fns[(kind, n)] = fn
+                # only the GEMM case calls the BLAS
+                before[(kind, n)] = at(n, n if kind == "numpy" and name.startswith("matmul") else 1)
+        # all candidates of a case, at all thread counts, timed round-robin
+        # (see _timing.interleaved_times)
+        t = interleaved_times(fns, min_time * len(thread_counts), before=before)
+        for n in thread_counts:
+            rows[n].append((name, t[("ours", n)], t[("numpy", n)], t.get(("torch", n)),
+                            t[("ours_fb", n)], t.get(("torch_fb", n))))
+    set_blas(1)
     return rows
 
 
@@ -101,8 +141,9 @@ def main():
     for k in range(args.runs):
         if k:
             time.sleep(args.pause)
+        measured = run(args.threads, min_time, torch)
         for n in args.threads:
-            rows = run(n, min_time, torch)
+            rows = measured[n]
             old = results.get(n, rows)
             results[n] = [(r[0],) + tuple(None if a is None else min(a, b) for a, b in zip(r[1:], o[1:]))
                           for r, o in zip(rows, old)]
