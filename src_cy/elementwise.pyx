@@ -98,7 +98,10 @@ cdef int _add_tuple_shape(Shapes* s, tuple shape) except -1:
     if n > MAXDIMS:
         raise ValueError(f"expected at most {MAXDIMS} dimensions, got {n}")
     for d in range(n):
-        s.buf[k][d] = shape[d]
+        try:
+            s.buf[k][d] = shape[d]
+        except OverflowError:
+            raise ValueError(f"expected dimensions below 2**63, got shape {shape}") from None
         if s.buf[k][d] < 0:
             raise ValueError(f"expected non-negative dimensions, got shape {shape}")
     s.nd[k] = n
