@@ -1,5 +1,4 @@
 """Shared timing helpers for the bench scripts (not part of the library)."""
-import contextlib
 import time
 
 
@@ -60,18 +59,6 @@ def try_import_torch():
     except ImportError:
         return None
     return torch
-
-
-@contextlib.contextmanager
-def blas_threads(n):
-    """Limit numpy's BLAS to n threads when threadpoolctl is installed (the bench extra)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield False
-        return
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield True
 
 
 def fmt(seconds):
